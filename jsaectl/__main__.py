@@ -1,0 +1,3 @@
+from jsaectl.cli import main
+
+main()

@@ -1,0 +1,165 @@
+"""What every command shares: the stderr console, option aliases, --config files, reading a
+store from stdin, writing the one line (or JSON document) of stdout, and progress bars."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from jsaectl.errors import ConfigError, JsaectlError
+from jsaectl.units import format_count
+
+# Everything for humans goes to stderr; stdout carries only what the next stage reads.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------
+# --config FILE.yaml
+
+
+def _load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | None:
+    """Eager callback: the file's keys become the command's defaults, so flags still win."""
+    if value is None:
+        return None
+    try:
+        data = yaml.safe_load(Path(value).read_text())
+    except FileNotFoundError:
+        raise typer.BadParameter(f"no such file: {value}") from None
+    except yaml.YAMLError as e:
+        raise typer.BadParameter(f"{value} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{value} must hold a mapping of option: value")
+    names = {p.name for p in ctx.command.params if p.name not in ("config", "help")}
+    normalised = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(normalised) - names)
+    if unknown:
+        raise typer.BadParameter(f"unknown key(s) in {value}: {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
+    ctx.default_map = {**(ctx.default_map or {}), **normalised}
+    return value
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="YAML file of option values (keys are option names, e.g. `tokens: 2M`); flags given on the command line win.",
+        is_eager=True,
+        callback=_load_config,
+        dir_okay=False,
+    ),
+]
+OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Where to write the store: a path or an fsspec URL (s3://…).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store at --out that was made with a different config.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document (the store URL and summary figures) instead of the URL.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
+
+
+# --------------------------------------------------------------------------------------------
+# stdin / stdout
+
+
+def store_from_arg(value: str | None) -> str:
+    """A store argument, or (when it is missing or ``-``) one line of stdin."""
+    if value not in (None, "-"):
+        return value
+    stdin = sys.stdin
+    if stdin is None or stdin.isatty():
+        raise ConfigError("no store given, and stdin is a terminal",
+                          hint="pass the store path, or pipe the previous stage in: jsaectl harvest | jsaectl train")
+    line = stdin.readline().strip()
+    if not line:
+        raise JsaectlError("no store arrived on stdin", hint="the previous stage printed nothing; see its error above")
+    if line.startswith("{"):  # the previous stage ran with --json
+        try:
+            return json.loads(line)["store"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise JsaectlError("stdin holds JSON without a \"store\" key", hint="pipe a jsaectl stage into this one") from None
+    return line
+
+
+def emit(store: str, summary: dict[str, Any], as_json: bool) -> None:
+    """The only thing a command writes to stdout."""
+    sys.stdout.write((json.dumps(summary) if as_json else store) + "\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# Progress
+
+
+class _CountColumn(ProgressColumn):
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        total = "?" if task.total is None else format_count(task.total)
+        return Text(f"{format_count(task.completed)}/{total} {self.unit}")
+
+
+class _RateColumn(ProgressColumn):
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{format_count(speed)} {self.unit}/s")
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+
+
+class RichReporter:
+    """The CLI's :class:`jsaectl.progress.Reporter`: rich progress bars on stderr."""
+
+    def __init__(self, console: Console = err) -> None:
+        self.console = console
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def start(self, description: str, total: int | None, unit: str) -> None:
+        self.finish()
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            _CountColumn(unit),
+            _RateColumn(unit),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=self.console,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, metrics="")
+
+    def advance(self, n: int, **metrics: float) -> None:
+        if self._progress is not None:
+            fields = {"metrics": _format_metrics(metrics)} if metrics else {}
+            self._progress.update(self._task, advance=n, **fields)
+
+    def note(self, message: str) -> None:
+        self.console.print(message, markup=False, highlight=False)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

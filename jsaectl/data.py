@@ -1,0 +1,242 @@
+"""Text sources -> a deterministic stream of fixed-length token contexts.
+
+How text becomes contexts (the same for every source):
+
+1. Documents are read in a fixed order: rows of a .jsonl / .parquet file or of a Hub dataset
+   are documents; a .txt file (or all of stdin) is one document, read in line-aligned pieces.
+   A folder is read file by file in sorted path order.
+2. Each document is tokenized without special tokens and followed by the tokenizer's EOS
+   token (GPT-2's ``<|endoftext|>``), which separates documents in one long token stream.
+3. The stream is cut into contexts of ``context_size`` tokens. With BOS (the default when the
+   tokenizer defines one) each context is ``[BOS] + the next context_size - 1 stream tokens``,
+   so BOS appears only at position 0 and never in the middle of text. A document longer
+   than a context continues in the next context; a final incomplete context is dropped.
+
+The stream is a pure function of the source and the tokenizer, which is what lets an
+interrupted harvest, or n shards of one, regenerate exactly the same contexts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from jsaectl.errors import DataError
+
+BUNDLED_CORPUS = "jsaectl-sample"
+_TEXT_SUFFIXES = (".txt", ".text", ".md")
+_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+_PARQUET_SUFFIXES = (".parquet",)
+_SUFFIXES = _TEXT_SUFFIXES + _JSONL_SUFFIXES + _PARQUET_SUFFIXES
+_PIECE_CHARS = 1 << 18  # long .txt documents are tokenized in ~256k-character, line-aligned pieces
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Some text, and whether a document ends after it."""
+
+    text: str
+    ends_document: bool = True
+
+
+def bundled_corpus_path() -> str:
+    return str(resources.files("jsaectl") / "assets" / "corpus" / "sample.jsonl")
+
+
+def _strip_gz(path: str) -> str:
+    return path[:-3] if path.endswith(".gz") else path
+
+
+def _open_text(path: str) -> io.TextIOBase:
+    if path.endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def _text_pieces(stream: io.TextIOBase) -> Iterator[Piece]:
+    """One document from a text stream, in line-aligned pieces."""
+    buffer: list[str] = []
+    size = 0
+    for line in stream:
+        buffer.append(line)
+        size += len(line)
+        if size >= _PIECE_CHARS:
+            yield Piece("".join(buffer), ends_document=False)
+            buffer, size = [], 0
+    yield Piece("".join(buffer), ends_document=True)
+
+
+def _row_text(row: dict[str, Any], column: str, where: str) -> str:
+    if column not in row:
+        raise DataError(f"{where} has no column {column!r} (it has: {', '.join(map(str, row))})",
+                        hint="name the text column with --text-column")
+    value = row[column]
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def _jsonl_pieces(path: str, column: str) -> Iterator[Piece]:
+    with _open_text(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {number} is not JSON: {e.msg}", hint=".jsonl files hold one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {number} is not a JSON object", hint=".jsonl files hold one JSON object per line")
+            yield Piece(_row_text(row, column, path))
+
+
+def _parquet_pieces(path: str, column: str) -> Iterator[Piece]:
+    import pyarrow.parquet as pq  # installed with datasets
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:
+        raise DataError(f"cannot read {path} as parquet: {e}") from None
+    if column not in table.schema_arrow.names:
+        raise DataError(f"{path} has no column {column!r} (it has: {', '.join(table.schema_arrow.names)})",
+                        hint="name the text column with --text-column")
+    for batch in table.iter_batches(columns=[column], batch_size=1024):
+        for value in batch.column(0).to_pylist():
+            yield Piece(value if isinstance(value, str) else "")
+
+
+def _file_pieces(path: str, column: str) -> Iterator[Piece]:
+    suffix = os.path.splitext(_strip_gz(path))[1].lower()
+    if suffix in _JSONL_SUFFIXES:
+        yield from _jsonl_pieces(path, column)
+    elif suffix in _PARQUET_SUFFIXES:
+        yield from _parquet_pieces(path, column)
+    else:
+        with _open_text(path) as f:
+            yield from _text_pieces(f)
+
+
+def _folder_files(folder: str) -> list[str]:
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        files += [os.path.join(root, n) for n in sorted(names) if _strip_gz(n).lower().endswith(_SUFFIXES)]
+    if not files:
+        raise DataError(f"{folder} holds no text files", hint="supported: " + ", ".join(_SUFFIXES) + " (optionally .gz)")
+    return files
+
+
+def _hub_pieces(name: str, subset: str | None, split: str, column: str) -> Iterator[Piece]:
+    from jsaectl.models import _hub_reachable  # one network check for models and datasets
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        offline = True
+    else:
+        offline = not _hub_reachable()
+    if offline:
+        raise DataError(f"{name!r} is neither a local file or folder nor reachable on the Hugging Face Hub (no network?)",
+                        hint="give a local .txt/.jsonl/.parquet file or folder, or `-` for text on stdin")
+    import datasets
+
+    try:
+        rows: Iterable[dict[str, Any]] = datasets.load_dataset(name, subset, split=split, streaming=True)
+    except Exception as e:  # datasets raises many types for a bad id, split or config
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot open the Hub dataset {name!r}: {first}", hint="check the id, --subset and --split") from None
+    for row in rows:
+        yield Piece(_row_text(row, column, f"dataset {name!r}"))
+
+
+def _looks_like_local(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or _strip_gz(spec).lower().endswith(_SUFFIXES) or spec.count("/") > 1
+
+
+def check_source(spec: str | None) -> None:
+    """Fail now, before a model is loaded, for a local source that is not there."""
+    if spec in (None, BUNDLED_CORPUS) and not os.path.isfile(bundled_corpus_path()):
+        raise DataError("the bundled corpus is missing from this installation", hint="reinstall jsaectl, or pass --dataset")
+    if spec in (None, BUNDLED_CORPUS, "-"):
+        return
+    path = os.path.expanduser(spec)
+    if not os.path.exists(path) and _looks_like_local(spec):
+        raise DataError(f"no such file or folder: {spec}", hint="give a .txt/.jsonl/.parquet file, a folder of them, a Hub dataset id, or -")
+
+
+def iter_pieces(spec: str | None, *, split: str = "train", subset: str | None = None, text_column: str = "text") -> Iterator[Piece]:
+    """All the text of a source, in order. ``spec``: None (the bundled corpus), ``-`` (stdin),
+    a file, a folder, or a Hub dataset id."""
+    if spec is None or spec == BUNDLED_CORPUS:
+        yield from _jsonl_pieces(bundled_corpus_path(), "text")
+    elif spec == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise DataError("--dataset - reads text from stdin, but stdin is a terminal", hint="pipe text in: cat book.txt | jsaectl harvest ... --dataset -")
+        yield from _text_pieces(sys.stdin)
+    elif os.path.isfile(os.path.expanduser(spec)):
+        yield from _file_pieces(os.path.expanduser(spec), text_column)
+    elif os.path.isdir(os.path.expanduser(spec)):
+        for path in _folder_files(os.path.expanduser(spec)):
+            yield from _file_pieces(path, text_column)
+    elif _looks_like_local(spec):
+        raise DataError(f"no such file or folder: {spec}", hint="give a .txt/.jsonl/.parquet file, a folder of them, a Hub dataset id, or -")
+    else:
+        yield from _hub_pieces(spec, subset, split, text_column)
+
+
+def describe_source(spec: str | None) -> str:
+    if spec is None or spec == BUNDLED_CORPUS:
+        return f"{BUNDLED_CORPUS} (bundled English/German sample)"
+    return "stdin" if spec == "-" else spec
+
+
+def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # fast path: Rust, batched, and no "sequence too long" warnings
+        return [enc.ids for enc in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def token_stream(pieces: Iterator[Piece], tokenizer: Any, batch_chars: int = 1 << 20) -> Iterator[np.ndarray]:
+    """Token ids of the pieces, with EOS after each document, in arrays of varying length."""
+    eos = tokenizer.eos_token_id
+    batch: list[Piece] = []
+    size = 0
+
+    def flush() -> np.ndarray:
+        ids = _tokenize(tokenizer, [p.text for p in batch])
+        parts = []
+        for piece, piece_ids in zip(batch, ids):
+            parts.append(np.asarray(piece_ids, dtype=np.int64))
+            if piece.ends_document and eos is not None:
+                parts.append(np.array([eos], dtype=np.int64))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece.text)
+        if size >= batch_chars or len(batch) >= 512:
+            yield flush()
+            batch, size = [], 0
+    if batch:
+        yield flush()
+
+
+def iter_contexts(pieces: Iterator[Piece], tokenizer: Any, context_size: int, bos: bool = True) -> Iterator[np.ndarray]:
+    """Fixed-length contexts ``[context_size] int32`` (see the module docstring)."""
+    bos_id = tokenizer.bos_token_id if bos else None
+    body = context_size - (1 if bos_id is not None else 0)
+    pending = np.zeros(0, dtype=np.int64)
+    for ids in token_stream(pieces, tokenizer):
+        pending = np.concatenate([pending, ids]) if len(pending) else ids
+        n_full = len(pending) // body
+        for i in range(n_full):
+            chunk = pending[i * body : (i + 1) * body]
+            context = np.concatenate([[bos_id], chunk]) if bos_id is not None else chunk
+            yield context.astype(np.int32)
+        pending = pending[n_full * body :]

@@ -1,0 +1,35 @@
+"""User-facing errors. The CLI prints them as one line with a hint and exits 1."""
+
+from __future__ import annotations
+
+
+class JsaectlError(Exception):
+    """An error the user can act on: what went wrong, and what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+
+class StoreError(JsaectlError):
+    """A store is missing, of the wrong kind or format, incomplete, or would be overwritten."""
+
+
+class ModelError(JsaectlError):
+    """A model cannot be loaded, or its MLP cannot be found or reproduced."""
+
+
+class DataError(JsaectlError):
+    """A text source is missing, unreadable or empty."""
+
+
+class ConfigError(JsaectlError):
+    """An option value or a config file is invalid."""
+
+    exit_code = 2

@@ -1,0 +1,403 @@
+"""Stage 1: run a causal LM over text and store one layer's MLP input (and output).
+
+The store is filled in *chunks*: a chunk is a fixed run of whole contexts and maps to exactly
+one zarr chunk of every array, so no two writers (threads, shards, or a resumed run) ever
+touch the same chunk. ``progress/chunk_contexts[c]`` records how many contexts chunk ``c``
+holds once its data are written (-1 while pending); it is written after the data, so a run
+killed at any moment redoes at most the chunks it had in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import torch
+
+from jsaectl import store as st
+from jsaectl.data import check_source, describe_source, iter_contexts, iter_pieces
+from jsaectl.errors import ConfigError, DataError
+from jsaectl.models import BUNDLED_DEFAULT_LAYER, BUNDLED_MODEL
+from jsaectl.progress import SILENT, Reporter
+from jsaectl.units import format_count
+
+STORE_DTYPES = ("float16", "float32", "bfloat16")
+
+
+@dataclass
+class HarvestConfig:
+    model: str = BUNDLED_MODEL
+    """Hugging Face Hub id, local save_pretrained() directory, or jsaectl-demo (bundled)."""
+    layer: int | None = None
+    """Which layer's MLP (0-based). Defaults to the bundled model's documented layer."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the model."""
+    trust_remote_code: bool = False
+    """Allow models that ship their own Python code (off unless asked for)."""
+    random_init: bool = False
+    """Re-initialise the model with its own initialiser (the trained-vs-random comparison)."""
+    seed: int = 0
+    """Seed of --random-init."""
+    model_dtype: str = "float32"
+    """Precision the model runs in."""
+    dataset: str | None = None
+    """Text: Hub dataset id, .txt/.jsonl/.parquet file or folder, or - for stdin. None: bundled corpus."""
+    split: str = "train"
+    """Split of a Hub dataset."""
+    subset: str | None = None
+    """Configuration (subset) of a Hub dataset, e.g. 'en' for allenai/c4."""
+    text_column: str = "text"
+    """Column holding the text in .jsonl/.parquet files and Hub datasets."""
+    tokens: int = 1_000_000
+    """Number of tokens to harvest (rounded up to whole contexts)."""
+    context_size: int = 256
+    """Tokens per context, BOS included."""
+    bos: bool = True
+    """Start each context with the tokenizer's BOS token (when it has one)."""
+    dtype: str = "float16"
+    """Storage precision of x and y."""
+    with_output: bool = False
+    """Also store the MLP output y (train recomputes it from the stored weights otherwise)."""
+    # --- how to run: not part of what the store holds, free to change on resume
+    batch_size: int = 16
+    """Contexts per forward pass."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps."""
+    out: str | None = None
+    """Output store (path or fsspec URL). Default: runs/<model>-L<layer>-<tokens>-<hash>.zarr."""
+    overwrite: bool = False
+    """Replace an existing store made with a different config."""
+    shard: tuple[int, int] = (0, 1)
+    """(i, n): this process fills every n-th chunk starting at i."""
+
+    _RUNTIME = ("batch_size", "device", "out", "overwrite", "shard")
+
+    def __post_init__(self) -> None:
+        if self.layer is not None and self.layer < 0:
+            raise ConfigError(f"--layer must be >= 0, not {self.layer}")
+        if self.tokens <= 0:
+            raise ConfigError(f"--tokens must be positive, not {self.tokens}")
+        if self.context_size < 2:
+            raise ConfigError(f"--context-size must be at least 2, not {self.context_size}")
+        if self.batch_size <= 0:
+            raise ConfigError(f"--batch-size must be positive, not {self.batch_size}")
+        if self.dtype not in STORE_DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, not {self.dtype!r}")
+        if self.model_dtype not in STORE_DTYPES:
+            raise ConfigError(f"--model-dtype must be one of {', '.join(STORE_DTYPES)}, not {self.model_dtype!r}")
+        i, n = self.shard
+        if not (n >= 1 and 0 <= i < n):
+            raise ConfigError(f"--shard must be i/n with 0 <= i < n, not {i}/{n}")
+        if n > 1 and self.overwrite:
+            raise ConfigError("--overwrite cannot be combined with --shard (each shard would wipe the others' work)",
+                              hint="delete the store once, then start the shards")
+        if n > 1 and self.dataset == "-":
+            raise ConfigError("--shard cannot read text from stdin", hint="shards need a file, folder or Hub dataset they can each read")
+
+    def identity(self) -> dict[str, Any]:
+        """The options that define the store's content (compared when resuming)."""
+        return {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
+
+
+@dataclass
+class HarvestResult:
+    store: str
+    n_tokens: int
+    d_model: int
+    tokens_per_second: float
+    complete: bool
+    resumed: bool = False
+    already_complete: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"store": self.store, "n_tokens": self.n_tokens, "d_model": self.d_model,
+                "tokens_per_second": round(self.tokens_per_second, 1), "complete": self.complete}
+
+
+def default_layer(model: str) -> int | None:
+    """The documented default layer of the bundled model; other models need --layer."""
+    return BUNDLED_DEFAULT_LAYER if model == BUNDLED_MODEL else None
+
+
+def default_out(cfg: HarvestConfig) -> str:
+    digest = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(cfg.model.rstrip("/")) or "model").strip("-")
+    random = "-random" if cfg.random_init else ""
+    return os.path.join("runs", f"{slug}{random}-L{cfg.layer}-{format_count(cfg.tokens)}-{digest}.zarr")
+
+
+def _chunk_contexts(context_bytes: int) -> int:
+    """Contexts per chunk: the fewest whole contexts that make a chunk of x >= 1 MiB."""
+    return max(1, math.ceil(st.MIN_CHUNK_BYTES / context_bytes))
+
+
+def _encode(x: torch.Tensor, dtype: str) -> np.ndarray:
+    """Activations to their storage form. bfloat16 has no numpy/zarr type: its raw bits are
+    stored as uint16 (readers reinterpret them, see docs/store-format.md)."""
+    if dtype == "bfloat16":
+        return x.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
+    return x.to(getattr(torch, dtype)).cpu().numpy()
+
+
+def _grouped(contexts: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    while True:
+        group = list(islice(contexts, size))
+        if not group:
+            return
+        yield group
+
+
+class _Writer:
+    """Writes chunks on a background thread, at most ``depth`` behind the computation."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jsaectl-writer")
+        self._pending: list[Future] = []
+        self._depth = depth
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        while len(self._pending) >= self._depth:
+            self._pending.pop(0).result()  # re-raises a failed write here
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.pop(0).result()
+        self._pool.shutdown()
+
+
+@dataclass
+class _Layout:
+    context_size: int
+    contexts_per_chunk: int
+    n_chunks: int
+    n_tokens: int  # allocated; the final count may be smaller if the text runs out
+
+    @property
+    def rows(self) -> int:
+        return self.contexts_per_chunk * self.context_size
+
+
+def _layout(cfg: HarvestConfig, d_model: int) -> _Layout:
+    item = 2 if cfg.dtype in ("float16", "bfloat16") else 4
+    n_contexts = math.ceil(cfg.tokens / cfg.context_size)
+    per_chunk = min(_chunk_contexts(cfg.context_size * d_model * item), n_contexts)
+    n_chunks = math.ceil(n_contexts / per_chunk)
+    return _Layout(cfg.context_size, per_chunk, n_chunks, n_contexts * cfg.context_size)
+
+
+def _create_arrays(store: st.Store, cfg: HarvestConfig, layout: _Layout, d_model: int) -> None:
+    """Create the arrays, or open them as they are: never destructive, because shards of one
+    harvest may run this at the same moment."""
+    g = store.group
+    x_dtype = "uint16" if cfg.dtype == "bfloat16" else cfg.dtype
+    rows, n = layout.rows, layout.n_tokens
+    names = ["x", "y"] if cfg.with_output else ["x"]
+    for name in names:
+        g.require_array(name, shape=(n, d_model), chunks=(rows, d_model), dtype=x_dtype,
+                        dimension_names=("token", "d_model"), fill_value=0)
+    g.require_array("tokens", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
+    g.require_array("position", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
+    # One uncompressed 4-byte object per chunk: written last, atomically, by whoever owns the chunk.
+    g.require_array("progress/chunk_contexts", shape=(layout.n_chunks,), chunks=(1,), dtype="int32",
+                    fill_value=-1, compressors=None, dimension_names=("chunk",))
+
+
+def _write_mlp_and_vocab(store: st.Store, site: Any, tokenizer: Any) -> None:
+    """Small arrays, written whole before the progress array exists (see _setup)."""
+    g = store.group
+    mlp = g.require_group("mlp")
+    for name, tensor in site.weights.tensors().items():
+        arr = mlp.create_array(name, shape=tuple(tensor.shape), dtype="float32", chunks=tuple(tensor.shape), overwrite=True)
+        arr[...] = tensor.numpy()
+    mlp.attrs.update({"activation": site.weights.activation, "gated": site.weights.gated,
+                      "d_model": site.weights.d_model, "d_mlp": site.weights.d_mlp, "module": site.description})
+    ids = [[i] for i in range(len(tokenizer))]
+    vocab = np.array(tokenizer.batch_decode(ids, clean_up_tokenization_spaces=False), dtype=object)
+    arr = g.create_array("vocab", shape=(len(vocab),), dtype=str, chunks=(len(vocab),), overwrite=True)
+    arr[...] = vocab
+
+
+def _finalize(store: st.Store, cfg: HarvestConfig, layout: _Layout, extra: dict[str, Any]) -> int | None:
+    """If every chunk is accounted for, trim to the tokens actually written and mark the store
+    complete. Returns the final token count, or None while other shards are still working."""
+    counts = store.group["progress/chunk_contexts"][...]
+    if (counts < 0).any():
+        return None
+    n_tokens = int(counts.sum()) * layout.context_size
+    if n_tokens < layout.n_tokens:  # the text ran out before --tokens
+        for name in ("x", "y", "tokens", "position"):
+            if name in store.group:
+                arr = store.group[name]
+                arr.resize((n_tokens,) + arr.shape[1:])
+    store.mark_complete(n_tokens=n_tokens, **extra)
+    return n_tokens
+
+
+def _check_existing(cfg: HarvestConfig, url: str) -> st.Store | None:
+    """A complete store of this very config is the answer already; anything else at ``url``
+    is checked (and refused) before the model is even loaded."""
+    try:
+        existing = st.open_store(url, "activations", require_complete=False)
+    except st.StoreError:
+        return None
+    if existing.meta.get("complete") and not cfg.overwrite and not st.config_diff(existing.config, cfg.identity()):
+        return existing
+    return None
+
+
+def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
+    from jsaectl.models import MLPTap, check_reconstruction, load_model, locate_mlp, pick_device
+
+    if cfg.layer is None:
+        cfg.layer = default_layer(cfg.model)
+        if cfg.layer is None:
+            raise ConfigError(f"--layer is required for {cfg.model}", hint="e.g. --layer 3 (0-based)")
+    url = st.resolve_url(cfg.out or default_out(cfg))
+    done = _check_existing(cfg, url)
+    if done is not None:
+        reporter.note(f"{url} is already complete ({format_count(done.meta['n_tokens'])} tokens); nothing to do")
+        return HarvestResult(url, done.meta["n_tokens"], done.meta["d_model"], 0.0, True, already_complete=True)
+    # Refuse a conflicting --out now, not after minutes of model loading.
+    st.check_writable(url, "activations", cfg.identity(), overwrite=cfg.overwrite)
+
+    check_source(cfg.dataset)
+    device = pick_device(cfg.device)
+    reporter.note(f"loading {cfg.model} on {device}" + (" (random init)" if cfg.random_init else ""))
+    loaded = load_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                        dtype=cfg.model_dtype, device=device, random_init=cfg.random_init, seed=cfg.seed)
+    site = locate_mlp(loaded.model, cfg.layer)
+    _check_context_size(loaded.model, cfg.context_size)
+    d_model = site.weights.d_model
+
+    contexts = iter_contexts(iter_pieces(cfg.dataset, split=cfg.split, subset=cfg.subset, text_column=cfg.text_column),
+                             loaded.tokenizer, cfg.context_size, bos=cfg.bos)
+    layout = _layout(cfg, d_model)
+    chunks = _grouped(islice(contexts, layout.n_tokens // cfg.context_size), layout.contexts_per_chunk)
+    first = next(chunks, None)
+    if first is None:
+        raise DataError(f"{describe_source(cfg.dataset)} holds fewer than {cfg.context_size} tokens: not one context",
+                        hint="give more text, or a smaller --context-size")
+
+    tap = MLPTap(loaded.model, site)
+    probe = torch.from_numpy(np.stack(first[: cfg.batch_size])).long().to(device)
+    x, y = tap(probe, with_output=True)
+    rel_err = check_reconstruction(site, x, y, cfg.model_dtype)
+    reporter.note(f"{site.family} layer {cfg.layer}/{site.n_layers}: {site.description}; "
+                  f"d_model={d_model}, d_mlp={site.weights.d_mlp}; MLP recomputed from stored weights to {rel_err:.1e}")
+
+    store, resumed = st.prepare_output(url, "activations", cfg.identity(), overwrite=cfg.overwrite)
+    # The progress array is created last, so its presence means the setup is whole.
+    if "progress" not in store.group or "chunk_contexts" not in store.group["progress"]:
+        _write_mlp_and_vocab(store, site, loaded.tokenizer)
+    _create_arrays(store, cfg, layout, d_model)
+    extra = {
+        "d_model": d_model,
+        "d_mlp": site.weights.d_mlp,
+        "context_size": cfg.context_size,
+        "contexts_per_chunk": layout.contexts_per_chunk,
+        "store_dtype": cfg.dtype,
+        "model": loaded.provenance,
+        "layer": cfg.layer,
+        "mlp": {"family": site.family, "module": site.description, "activation": site.weights.activation,
+                "gated": site.weights.gated, "reconstruction_rel_error": rel_err},
+        "data": {"source": describe_source(cfg.dataset), "bos": cfg.bos and loaded.tokenizer.bos_token_id is not None,
+                 "separator_token_id": loaded.tokenizer.eos_token_id},
+    }
+    store.update_meta(**{k: v for k, v in extra.items()})
+
+    counts = store.group["progress/chunk_contexts"][...]
+    i, n = cfg.shard
+    mine = [c for c in range(layout.n_chunks) if c % n == i]
+    todo = [c for c in mine if counts[c] < 0]
+    if resumed and len(todo) < len(mine):
+        reporter.note(f"resuming {url}: {len(mine) - len(todo)} of {len(mine)} chunks already written")
+    started = time.perf_counter()
+    written = _run_chunks(cfg, store, layout, tap, device, [first], chunks, set(todo), reporter)
+    elapsed = time.perf_counter() - started
+    tap.close()
+
+    n_final = _finalize(store, cfg, layout, extra)
+    if n_final is None:
+        reporter.note(f"shard {i}/{n} finished; the store completes when every shard has")
+    return HarvestResult(url, n_final if n_final is not None else written, d_model,
+                         written / elapsed if elapsed > 0 and written else 0.0, n_final is not None, resumed=resumed)
+
+
+def _check_context_size(model: torch.nn.Module, context_size: int) -> None:
+    limit = next((getattr(model.config, k) for k in ("max_position_embeddings", "n_positions", "seq_length")
+                  if isinstance(getattr(model.config, k, None), int)), None)
+    if limit is not None and context_size > limit:
+        raise ConfigError(f"--context-size {context_size} is longer than the model's {limit} positions",
+                          hint=f"use --context-size {limit} or less")
+
+
+def _run_chunks(cfg: HarvestConfig, store: st.Store, layout: _Layout, tap: Any, device: torch.device,
+                head: list[list[np.ndarray]], rest: Iterator[list[np.ndarray]], todo: set[int], reporter: Reporter) -> int:
+    """Forward the chunks in ``todo`` and hand them to the writer; mark the chunks past the end
+    of the text as empty. Returns the number of tokens computed."""
+    g = store.group
+    arrays = {name: g[name] for name in ("x", "y", "tokens", "position") if name in g}
+    flags = g["progress/chunk_contexts"]
+    T = layout.context_size
+    positions = np.tile(np.arange(T, dtype=np.int32), layout.contexts_per_chunk)
+    writer = _Writer()
+    computed = 0
+
+    def write(c: int, x: np.ndarray, y: np.ndarray | None, toks: np.ndarray) -> None:
+        lo, hi = c * layout.rows, c * layout.rows + len(toks)
+        arrays["x"][lo:hi] = x
+        if y is not None:
+            arrays["y"][lo:hi] = y
+        arrays["tokens"][lo:hi] = toks
+        arrays["position"][lo:hi] = positions[: len(toks)]
+        flags[c] = len(toks) // T  # last: the chunk counts only once its data are on disk
+
+    reporter.start("harvest", sum(min(layout.rows, layout.n_tokens - t * layout.rows) for t in todo), "tokens")
+    last = max(todo, default=-1)
+    c, text_ended = -1, True
+    for c, contexts in enumerate(_chain(head, rest)):
+        if c > last:  # nothing of ours beyond this point
+            text_ended = False
+            break
+        if c not in todo:
+            continue
+        xs, ys = [], []
+        for b in range(0, len(contexts), cfg.batch_size):
+            ids = torch.from_numpy(np.stack(contexts[b : b + cfg.batch_size])).long().to(device)
+            x, y = tap(ids, with_output=cfg.with_output)
+            xs.append(_encode(x.reshape(-1, x.shape[-1]), cfg.dtype))
+            if y is not None:
+                ys.append(_encode(y.reshape(-1, y.shape[-1]), cfg.dtype))
+            computed += ids.numel()
+            reporter.advance(ids.numel())
+        x_all = np.concatenate(xs)
+        _check_finite(x_all, cfg.dtype)
+        writer.submit(write, c, x_all, np.concatenate(ys) if ys else None, np.concatenate(contexts))
+    if text_ended:  # the text ended before --tokens: our chunks past the end hold nothing
+        for empty in sorted(t for t in todo if t > c):
+            writer.submit(flags.__setitem__, empty, 0)
+    writer.drain()
+    reporter.finish()
+    return computed
+
+
+def _chain(head: list[list[np.ndarray]], rest: Iterator[list[np.ndarray]]) -> Iterator[list[np.ndarray]]:
+    yield from head
+    yield from rest
+
+
+def _check_finite(x: np.ndarray, dtype: str) -> None:
+    if dtype == "float16" and not np.isfinite(x).all():
+        raise DataError("activations overflow float16 (|x| > 65504)", hint="harvest again with --dtype bfloat16 or float32 (and --overwrite)")
