@@ -235,7 +235,10 @@ def train(model, data: Data, args: argparse.Namespace) -> State:
         for group in optimizer.param_groups:
             group["lr"] = lr
         x = sampler.next()
-        loss = model(input_ids=x, labels=x).loss
+        # bfloat16 autocast: ~4x faster matmuls on CPUs with AVX512-BF16/AMX; weights, optimiser
+        # state and the loss stay float32.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(input_ids=x, labels=x).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -348,7 +351,7 @@ last blocks that specialise in next-token output, the usual choice for feature s
 - optimiser: AdamW (betas 0.9/0.95, weight decay {args.weight_decay} on matrices), peak lr {args.lr},
   {args.warmup_steps} warm-up steps, cosine decay to {args.min_lr_ratio} x peak over the wall-clock budget,
   gradient clipping 1.0, batch {args.batch_size} x {args.context} tokens, seed {args.seed}
-- machine: 2-core CPU (torch.set_num_threads({args.threads}), float32), shared with other work at times
+- machine: 2-core CPU (torch.set_num_threads({args.threads}); {"bfloat16 autocast, float32 weights" if args.bf16 else "float32"}), shared with other work at times
 - wall time: {run['elapsed'] / 60:.1f} minutes, {run['step']:,} steps, {run['tokens']:,} tokens seen
   ({run['tokens'] / max(1, sum(train_tokens.values())):.2f} passes over the train split on average)
 
@@ -410,6 +413,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on weight matrices")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, batch sampling and generation")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="autocast training matmuls to bfloat16 (evaluation is always float32)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--log-every", type=int, default=20, help="print progress every N steps")
     p.add_argument("--probe-minutes", type=float, default=5.0, help="held-out probe interval")

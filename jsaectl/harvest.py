@@ -219,8 +219,7 @@ def _write_mlp_and_vocab(store: st.Store, site: Any, tokenizer: Any) -> None:
     g = store.group
     mlp = g.require_group("mlp")
     for name, tensor in site.weights.tensors().items():
-        arr = mlp.create_array(name, shape=tuple(tensor.shape), dtype="float32", chunks=tuple(tensor.shape), overwrite=True)
-        arr[...] = tensor.numpy()
+        st.write_array(mlp, name, tensor.numpy())
     mlp.attrs.update({"activation": site.weights.activation, "gated": site.weights.gated,
                       "d_model": site.weights.d_model, "d_mlp": site.weights.d_mlp, "module": site.description})
     ids = [[i] for i in range(len(tokenizer))]

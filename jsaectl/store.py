@@ -144,6 +144,17 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
+def write_array(group: zarr.Group, name: str, array: Any, **kwargs: Any) -> zarr.Array:
+    """Write a small array whole (one chunk), replacing any array of that name."""
+    import numpy as np
+
+    array = np.asarray(array)
+    out = group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=array.shape if array.ndim else (),
+                             overwrite=True, **kwargs)
+    out[...] = array
+    return out
+
+
 def check_writable(url: str, kind: str, config: dict[str, Any], *, overwrite: bool = False) -> dict[str, Any] | None:
     """Refuse what ``prepare_output`` would refuse, without writing anything.
 

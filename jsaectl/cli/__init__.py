@@ -90,9 +90,10 @@ def _root(
 
 def _register() -> None:
     # Each command module is imported here; heavy libraries are imported inside the commands.
-    from jsaectl.cli import harvest
+    from jsaectl.cli import harvest, train
 
     app.command("harvest", help=harvest.__doc__)(harvest.harvest_cmd)
+    app.command("train", help=train.__doc__)(train.train_cmd)
 
 
 _register()

@@ -16,7 +16,6 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
-    TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -125,7 +124,7 @@ class _RateColumn(ProgressColumn):
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    return "  ".join(f"{k} {v:.3g}" for k, v in metrics.items())
 
 
 class RichReporter:
@@ -140,8 +139,7 @@ class RichReporter:
         self.finish()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
+            BarColumn(bar_width=24),
             _CountColumn(unit),
             _RateColumn(unit),
             TimeRemainingColumn(),

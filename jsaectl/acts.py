@@ -1,0 +1,91 @@
+"""Reading an activations store (written by harvest): x, y, tokens and the MLP weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from jsaectl import store as st
+from jsaectl.mlp import MLPWeights
+
+
+def decode_rows(raw: np.ndarray, store_dtype: str) -> torch.Tensor:
+    """Stored rows -> float32 tensor (bfloat16 is stored as its uint16 bit pattern)."""
+    if store_dtype == "bfloat16":
+        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).float()
+    return torch.from_numpy(np.ascontiguousarray(raw)).float()
+
+
+@dataclass
+class Activations:
+    """An open, complete activations store."""
+
+    store: st.Store
+
+    @classmethod
+    def open(cls, url: str) -> "Activations":
+        return cls(st.open_store(url, "activations"))
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.store.meta
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta["n_tokens"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.meta["d_model"])
+
+    @property
+    def context_size(self) -> int:
+        return int(self.meta["context_size"])
+
+    @property
+    def rows_per_chunk(self) -> int:
+        return int(self.meta["contexts_per_chunk"]) * self.context_size
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_tokens // self.rows_per_chunk)
+
+    @property
+    def has_y(self) -> bool:
+        return "y" in self.store.group
+
+    @property
+    def store_dtype(self) -> str:
+        return self.meta["store_dtype"]
+
+    def chunk_range(self, c: int) -> tuple[int, int]:
+        lo = c * self.rows_per_chunk
+        return lo, min(self.n_tokens, lo + self.rows_per_chunk)
+
+    def read(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """Raw stored rows ``[lo, hi)`` of x or y (decode with :func:`decode_rows`)."""
+        return self.store.group[name][lo:hi]
+
+    def rows(self, name: str, lo: int, hi: int) -> torch.Tensor:
+        return decode_rows(self.read(name, lo, hi), self.store_dtype)
+
+    def tokens(self, lo: int, hi: int) -> np.ndarray:
+        return self.store.group["tokens"][lo:hi]
+
+    @cached_property
+    def vocab(self) -> np.ndarray:
+        return self.store.group["vocab"][...]
+
+    def mlp(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> MLPWeights:
+        g = self.store.group["mlp"]
+        get = lambda name: torch.from_numpy(g[name][...]).to(device=device, dtype=dtype) if name in g else None  # noqa: E731
+        return MLPWeights(get("W_in"), get("b_in"), get("W_out"), get("b_out"), g.attrs["activation"],
+                          get("W_gate"), get("b_gate"))

@@ -1,0 +1,594 @@
+"""Stage 2: train a JSAE (a TopK SAE pair with a Jacobian L1 penalty) on an activations store.
+
+Loss per batch (jsae-method.md §2):
+
+    L = MSE(x, x̂) + MSE(y, ŷ) + λ_t · mean_b (1/k²) Σ_ij |J_b[i, j]|   (+ α · AuxK, optional)
+
+MSE is the mean over elements; λ_t ramps linearly from 0 over the first ``lam_warmup`` of
+the steps; the learning rate warms up over the first ``lr_warmup`` of the steps and decays
+linearly to 0 over the last ``lr_decay``. ``lam=0`` trains the plain SAE pair through the
+same code (the Jacobian is then computed without gradient, at logging steps only).
+
+Runs under ``torchrun`` as DistributedDataParallel: each process reads its own lanes of the
+data (see stream.py) and rank 0 writes the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jsaectl import store as st
+from jsaectl.acts import Activations
+from jsaectl.errors import ConfigError, StoreError
+from jsaectl.jsae import jacobian_factors, jacobian_l1, slopes_at
+from jsaectl.mlp import MLPWeights
+from jsaectl.progress import SILENT, Reporter
+from jsaectl.sae import TopKSAE
+from jsaectl.stream import BatchStream
+from jsaectl.units import format_count
+
+JACOBIAN_AT = ("x", "reconstruction")
+J_THRESHOLD = 0.01  # the paper's headline threshold for "a non-zero Jacobian entry"
+
+
+@dataclass
+class TrainConfig:
+    acts: str = ""
+    """Activations store written by harvest."""
+    expansion: int = 32
+    """Latents per SAE = expansion × d_model (ignored when latents is set)."""
+    latents: int | None = None
+    """Latents per SAE."""
+    k: int = 32
+    """Active latents per token in each SAE (TopK)."""
+    lam: float | None = None
+    """Jacobian penalty λ. None: 0.5·k²/d_model, the reference code's rule of thumb
+    (1.0 for Pythia-70m's d_model=512, k=32, where the paper used 1)."""
+    lam_warmup: float = 0.05
+    """Fraction of the steps over which λ ramps up from 0."""
+    lr: float = 5e-4
+    """Adam learning rate."""
+    lr_warmup: float = 0.01
+    """Fraction of the steps of linear learning-rate warm-up."""
+    lr_decay: float = 0.2
+    """Fraction of the steps, at the end, of linear decay to 0."""
+    batch_size: int = 4096
+    """Tokens per optimiser step (over all processes)."""
+    tokens: int | None = None
+    """Tokens to train on. None: one pass over the store."""
+    seed: int = 42
+    """Seed of the initialisation and of the data order."""
+    jacobian_at: str = "x"
+    """Where the MLP slopes are taken: the true input x (the reference code) or its
+    reconstruction x̂ (the paper's text)."""
+    auxk: float = 0.0
+    """Coefficient of the AuxK dead-latent loss (0: off, as in the paper; 1/32 in Gao et al.)."""
+    auxk_k: int | None = None
+    """Dead latents used by AuxK. None: d_model // 2."""
+    dead_tokens: int = 1_000_000
+    """A latent is dead when it has not fired in this many tokens (or ever)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    buffer_tokens: int = 32 * 4096
+    """Shuffle buffer: rows read and shuffled together (per process)."""
+    data_lanes: int | None = None
+    """Lanes of the data order (see stream.py). None: the number of processes."""
+    autocast: bool | None = None
+    """bfloat16 autocast of the SAE matmuls. None: on for CUDA, off otherwise."""
+    # --- how to run: free to change on resume
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps (under torchrun: the local rank's GPU)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (0: only at the end)."""
+    log_every: int = 10
+    """Steps between metric records in history/."""
+    out: str | None = None
+    """Output store. Default: runs/jsae-<acts>-k<k>-lam<λ>-<hash>.zarr."""
+    overwrite: bool = False
+    """Replace an existing store at out."""
+    resume: bool = False
+    """Continue the interrupted run in out."""
+    keep_checkpoint: bool = False
+    """Keep the last checkpoint (optimiser state) in the store after training."""
+
+    _RUNTIME = ("device", "checkpoint_every", "log_every", "out", "overwrite", "resume", "keep_checkpoint")
+
+    def validate(self) -> None:
+        if self.k <= 0:
+            raise ConfigError(f"--k must be positive, not {self.k}")
+        if self.expansion <= 0:
+            raise ConfigError(f"--expansion must be positive, not {self.expansion}")
+        if self.latents is not None and self.k > self.latents:
+            raise ConfigError(f"--k {self.k} is more than --latents {self.latents}", hint="k active latents need at least k latents")
+        if self.lam is not None and not self.lam >= 0:
+            raise ConfigError(f"--lam must be >= 0, not {self.lam}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, not {self.lr}")
+        if self.batch_size <= 0:
+            raise ConfigError(f"--batch-size must be positive, not {self.batch_size}")
+        if self.tokens is not None and self.tokens <= 0:
+            raise ConfigError(f"--tokens must be positive, not {self.tokens}")
+        for name in ("lam_warmup", "lr_warmup", "lr_decay"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a fraction between 0 and 1")
+        if self.lr_warmup + self.lr_decay > 1:
+            raise ConfigError("--lr-warmup and --lr-decay together exceed all the steps")
+        if self.jacobian_at not in JACOBIAN_AT:
+            raise ConfigError(f"--jacobian-at must be x or reconstruction, not {self.jacobian_at!r}")
+        if self.auxk < 0:
+            raise ConfigError(f"--auxk must be >= 0, not {self.auxk}")
+        if self.checkpoint_every < 0 or self.log_every <= 0:
+            raise ConfigError("--checkpoint-every must be >= 0 and --log-every positive")
+
+    def resolve(self, d_model: int, n_tokens: int, world: int) -> None:
+        """Fill the defaults that depend on the store and the number of processes."""
+        if self.latents is None:
+            self.latents = self.expansion * d_model
+        if self.k > self.latents:
+            raise ConfigError(f"--k {self.k} is more than the {self.latents} latents", hint="lower --k or raise --expansion")
+        if self.lam is None:
+            self.lam = round(0.5 * self.k**2 / d_model, 6)
+        if self.tokens is None:
+            self.tokens = max(self.batch_size, n_tokens - n_tokens % self.batch_size)
+        if self.auxk_k is None:
+            self.auxk_k = max(1, d_model // 2)
+        if self.data_lanes is None:
+            self.data_lanes = world
+        if self.data_lanes % world or self.batch_size % self.data_lanes:
+            raise ConfigError(f"--batch-size {self.batch_size} must split evenly over {self.data_lanes} data lanes, "
+                              f"and the lanes over {world} processes")
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
+
+    @property
+    def n_steps(self) -> int:
+        return max(1, self.tokens // self.batch_size)
+
+
+@dataclass
+class TrainResult:
+    store: str
+    tokens_per_second: float
+    metrics: dict[str, float]
+    steps: int
+    already_complete: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"store": self.store, "tokens_per_second": round(self.tokens_per_second, 1), "steps": self.steps,
+                **{k: round(v, 6) for k, v in self.metrics.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    n = cfg.n_steps
+    warm, decay = cfg.lr_warmup * n, cfg.lr_decay * n
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if step >= n - decay and decay > 0:
+        return cfg.lr * max(0.0, (n - step) / decay)
+    return cfg.lr
+
+
+def lam_at(cfg: TrainConfig, step: int) -> float:
+    warm = cfg.lam_warmup * cfg.n_steps
+    return cfg.lam * (min(1.0, step / warm) if warm > 0 else 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+class JSAEPair(nn.Module):
+    """Both SAEs; ``forward`` returns the loss terms of one batch (so DDP can wrap it)."""
+
+    def __init__(self, d_model: int, n_latents: int, k: int, seed: int, device: torch.device) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.sae_in = TopKSAE(d_model, n_latents, k, generator=g).to(device)
+        self.sae_out = TopKSAE(d_model, n_latents, k, generator=g).to(device)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, mlp: MLPWeights, slopes: list[torch.Tensor] | None,
+                jacobian: str, jacobian_at: str, aux: tuple[torch.Tensor, torch.Tensor, int] | None) -> dict[str, torch.Tensor]:
+        """``jacobian``: "grad" (penalised), "metrics" (no gradient) or "off"."""
+        code_in, x_hat = self.sae_in(x)
+        code_out, y_hat = self.sae_out(y)
+        terms = {"mse_in": F.mse_loss(x_hat, x), "mse_out": F.mse_loss(y_hat, y),
+                 "x_hat": x_hat, "y_hat": y_hat, "code_in": code_in, "code_out": code_out}
+        if jacobian != "off":
+            with torch.set_grad_enabled(jacobian == "grad" and torch.is_grad_enabled()):
+                if jacobian_at == "reconstruction":
+                    slopes = slopes_at(mlp, x_hat.float())
+                elif slopes is None:
+                    slopes = slopes_at(mlp, x)
+                U_T, Vs = jacobian_factors(self.sae_in, self.sae_out, mlp)
+                total, J = jacobian_l1(U_T.float(), [V.float() for V in Vs], slopes, code_out.indices,
+                                       code_in.indices, code_out.pre_values > 0)
+            terms["jac_mean"] = total / J.numel()  # mean over tokens, k_out and k_in
+            terms["J"] = J
+        if aux is not None:
+            terms["auxk_in"] = _auxk_loss(self.sae_in, x, x_hat, aux[0], aux[2])
+            terms["auxk_out"] = _auxk_loss(self.sae_out, y, y_hat, aux[1], aux[2])
+        return terms
+
+
+def _auxk_loss(sae: TopKSAE, v: torch.Tensor, v_hat: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """Gao et al.'s AuxK: reconstruct the residual with the top ``k_aux`` dead latents."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return v.new_zeros(())
+    pre = v @ sae.W_enc[:, dead] + sae.b_enc[dead]  # [B, n_dead]
+    values, idx = pre.topk(min(k_aux, n_dead), dim=1, sorted=False)
+    dead_ids = dead.nonzero().squeeze(1)
+    residual = (v - v_hat).detach()
+    recon = F.embedding_bag(dead_ids[idx], sae.W_dec, per_sample_weights=F.relu(values), mode="sum")
+    return ((recon - residual) ** 2).sum() / ((residual - residual.mean(0)) ** 2).sum().clamp_min(1e-12)
+
+
+def explained_variance(v: torch.Tensor, v_hat: torch.Tensor) -> tuple[float, float]:
+    """(explained variance per token averaged, as the paper's code reports it; FVU over the batch)."""
+    err = ((v - v_hat) ** 2).sum(-1)
+    var = ((v - v.mean(0)) ** 2).sum(-1)
+    ev = (1 - err / var.clamp_min(1e-12)).mean().item()
+    return ev, (err.sum() / var.sum().clamp_min(1e-12)).item()
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_dist(device_name: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized():
+        cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+        tdist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _device(cfg: TrainConfig, dist: Dist) -> torch.device:
+    from jsaectl.models import pick_device
+
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and dist.world > 1 and device.index is None:
+        device = torch.device("cuda", dist.local_rank)
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# Store layout: results, history and checkpoint
+
+
+HISTORY_KEYS = ("step", "tokens", "lr", "lam", "loss", "mse_in", "mse_out", "jac_l1", "ev_in", "ev_out", "fvu_in",
+                "fvu_out", "l0_in", "l0_out", "dead_in", "dead_out", "j_count", "auxk")
+
+
+def default_out(cfg: TrainConfig) -> str:
+    digest = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    base = re.sub(r"\.zarr$", "", os.path.basename(cfg.acts.rstrip("/"))) or "acts"
+    return os.path.join("runs", f"jsae-{base}-k{cfg.k}-lam{cfg.lam:g}-{digest}.zarr")
+
+
+def _append_history(store: st.Store, rows: list[dict[str, float]]) -> None:
+    g = store.group.require_group("history")
+    for key in HISTORY_KEYS:
+        if key not in g:
+            g.create_array(key, shape=(0,), chunks=(4096,), dtype="float64", dimension_names=("record",))
+        if rows:
+            g[key].append(np.array([r.get(key, np.nan) for r in rows], dtype=np.float64))
+
+
+def _truncate_history(store: st.Store, upto_step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop what they logged before."""
+    g = store.group.require_group("history")
+    if "step" not in g:
+        return
+    n = int((g["step"][...] <= upto_step).sum())
+    for key in HISTORY_KEYS:
+        if key in g and g[key].shape[0] > n:
+            g[key].resize((n,))
+
+
+def _save_checkpoint(store: st.Store, pair: JSAEPair, opt: torch.optim.Optimizer, state: dict[str, Any],
+                     last_fired: dict[str, torch.Tensor]) -> None:
+    """Write into the slot not in use, then point to it: a kill mid-write leaves the previous
+    checkpoint intact."""
+    ckpt = store.group.require_group("checkpoint")
+    current = ckpt.attrs.get("slot")
+    slot = ckpt.require_group(f"slot_{1 - current if current in (0, 1) else 0}")
+    tensors = {f"model/{k}": v for k, v in pair.state_dict().items()}
+    opt_state = opt.state_dict()
+    for pid, pstate in opt_state["state"].items():
+        for name, value in pstate.items():
+            tensors[f"opt/{pid}/{name}"] = value
+    tensors |= {f"last_fired/{k}": v for k, v in last_fired.items()}
+    tensors["rng"] = torch.get_rng_state()
+    for name, tensor in tensors.items():
+        st.write_array(slot, name, tensor.detach().cpu().numpy())
+    slot.attrs["state"] = {**state, "param_groups": opt_state["param_groups"]}
+    ckpt.attrs["slot"] = int(slot.basename[-1])  # last: only now does the new checkpoint count
+    ckpt.attrs["step"] = state["step"]
+
+
+def _load_checkpoint(store: st.Store, pair: JSAEPair, opt: torch.optim.Optimizer,
+                     last_fired: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    if "checkpoint" not in store.group or store.group["checkpoint"].attrs.get("slot") not in (0, 1):
+        return None
+    slot = store.group["checkpoint"][f"slot_{store.group['checkpoint'].attrs['slot']}"]
+    device = next(pair.parameters()).device
+    load = lambda name: torch.from_numpy(np.asarray(slot[name][...])).to(device)  # noqa: E731
+    pair.load_state_dict({k: load(f"model/{k}") for k in pair.state_dict()})
+    state = dict(slot.attrs["state"])
+    opt_state = {"state": {}, "param_groups": state.pop("param_groups")}
+    for pid in range(len(list(pair.parameters()))):
+        names = [n for n in ("step", "exp_avg", "exp_avg_sq") if f"opt/{pid}/{n}" in slot]
+        if names:
+            opt_state["state"][pid] = {n: load(f"opt/{pid}/{n}") for n in names}
+            opt_state["state"][pid]["step"] = opt_state["state"][pid]["step"].cpu()
+    opt.load_state_dict(opt_state)
+    for key in last_fired:
+        last_fired[key].copy_(load(f"last_fired/{key}"))
+    torch.set_rng_state(torch.from_numpy(np.asarray(slot["rng"][...])))
+    return state
+
+
+def _write_result(store: st.Store, pair: JSAEPair, cfg: TrainConfig, acts: Activations) -> None:
+    for name, sae in (("sae_in", pair.sae_in), ("sae_out", pair.sae_out)):
+        g = store.group.require_group(name)
+        for pname in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            st.write_array(g, pname, getattr(sae, pname).detach().float().cpu().numpy())
+        g.attrs.update({"d_in": sae.d_in, "d_sae": sae.n_latents, "k": sae.k, "architecture": "topk",
+                        "apply_b_dec_to_input": False, "site": "mlp_in" if name == "sae_in" else "mlp_out"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, acts: Activations, dist: Dist, device: torch.device) -> None:
+        self.cfg, self.acts, self.dist, self.device = cfg, acts, dist, device
+        self.mlp = acts.mlp(device)
+        self.pair = JSAEPair(acts.d_model, cfg.latents, cfg.k, cfg.seed, device)
+        self.model: nn.Module = self.pair
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(self.pair, device_ids=[device.index] if device.type == "cuda" else None)
+        self.opt = torch.optim.Adam(self.pair.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        n = cfg.latents
+        self.last_fired = {"in": torch.full((n,), -1, dtype=torch.int64, device=device),
+                           "out": torch.full((n,), -1, dtype=torch.int64, device=device)}
+        use_autocast = cfg.autocast if cfg.autocast is not None else device.type == "cuda"
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast)
+
+    def targets(self, x: torch.Tensor, y_stored: torch.Tensor | None, need_slopes: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """y = f(x) (or the stored y) and, if needed, the MLP slopes at x, without gradient."""
+        with torch.no_grad():
+            if not need_slopes and y_stored is not None:
+                return y_stored, None
+            z, g = self.mlp.hidden(x)
+            act = self.mlp.act
+            y = y_stored if y_stored is not None else F.linear(act.fn(g) * z if g is not None else act.fn(z), self.mlp.W_out, self.mlp.b_out)
+            slopes = [act.grad(z)] if g is None else [act.fn(g), act.grad(g) * z]
+            return y, slopes
+
+    def dead(self, tokens_seen: int) -> dict[str, torch.Tensor]:
+        window = self.cfg.dead_tokens
+        return {k: (v < 0) | (tokens_seen - v > window) for k, v in self.last_fired.items()}
+
+    def step(self, step: int, x: torch.Tensor, y_stored: torch.Tensor | None, tokens_seen: int, log: bool) -> dict[str, float] | None:
+        cfg = self.cfg
+        lam = lam_at(cfg, step)
+        jacobian = "grad" if lam > 0 else ("metrics" if log else "off")
+        y, slopes = self.targets(x, y_stored, need_slopes=jacobian != "off" and cfg.jacobian_at == "x")
+        aux = None
+        if cfg.auxk > 0:
+            dead = self.dead(tokens_seen)
+            aux = (dead["in"], dead["out"], cfg.auxk_k)
+        with self.autocast:
+            terms = self.model(x, y, self.mlp, slopes, jacobian, cfg.jacobian_at, aux)
+        loss = terms["mse_in"] + terms["mse_out"]
+        if jacobian == "grad":
+            loss = loss + lam * terms["jac_mean"]
+        if aux is not None:
+            loss = loss + cfg.auxk * (terms["auxk_in"] + terms["auxk_out"])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.pair.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.pair.sae_in.normalize_decoder()
+        self.pair.sae_out.normalize_decoder()
+        self._mark_fired(terms, tokens_seen + cfg.batch_size)
+        return self._metrics(step, lam, loss, terms, x, y, tokens_seen + cfg.batch_size) if log else None
+
+    def _mark_fired(self, terms: dict[str, Any], tokens_seen: int) -> None:
+        for key, code in (("in", terms["code_in"]), ("out", terms["code_out"])):
+            fired = torch.zeros(self.cfg.latents, dtype=torch.int32, device=self.device)
+            fired.index_fill_(0, code.indices[code.pre_values > 0], 1)
+            if self.dist.world > 1:
+                torch.distributed.all_reduce(fired, op=torch.distributed.ReduceOp.MAX)
+            self.last_fired[key][fired.bool()] = tokens_seen
+
+    @torch.no_grad()
+    def _metrics(self, step: int, lam: float, loss: torch.Tensor, terms: dict[str, Any], x: torch.Tensor,
+                 y: torch.Tensor, tokens_seen: int) -> dict[str, float]:
+        ev_in, fvu_in = explained_variance(x, terms["x_hat"].float())
+        ev_out, fvu_out = explained_variance(y, terms["y_hat"].float())
+        values = {
+            "loss": loss.item(), "mse_in": terms["mse_in"].item(), "mse_out": terms["mse_out"].item(),
+            "ev_in": ev_in, "ev_out": ev_out, "fvu_in": fvu_in, "fvu_out": fvu_out,
+            "l0_in": (terms["code_in"].pre_values > 0).sum(1).float().mean().item(),
+            "l0_out": (terms["code_out"].pre_values > 0).sum(1).float().mean().item(),
+            "jac_l1": terms["jac_mean"].item() if "jac_mean" in terms else float("nan"),
+            "j_count": (terms["J"].abs() > J_THRESHOLD).sum((1, 2)).float().mean().item() if "J" in terms else float("nan"),
+            "auxk": (terms["auxk_in"] + terms["auxk_out"]).item() if "auxk_in" in terms else 0.0,
+        }
+        if self.dist.world > 1:  # every process logs the mean over all of them
+            keys = sorted(values)
+            t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(t)
+            values = dict(zip(keys, (t / self.dist.world).tolist()))
+        dead = self.dead(tokens_seen)
+        return {"step": step + 1, "tokens": tokens_seen, "lr": lr_at(self.cfg, step), "lam": lam, **values,
+                "dead_in": dead["in"].float().mean().item(), "dead_out": dead["out"].float().mean().item()}
+
+
+def resume_config(out: str, overrides: dict[str, Any]) -> TrainConfig:
+    """The config of the run in ``out``, with runtime options (and any others) overridden."""
+    meta = st.open_store(out, "jsae", require_complete=False).meta
+    known = {f.name for f in fields(TrainConfig)} - {"out", "overwrite", "resume"}
+    saved = {**meta.get("run_options", {}), **meta["config"]}
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    cfg.out, cfg.resume = out, True
+    return cfg
+
+
+def _check_output(cfg: TrainConfig, url: str) -> dict[str, Any] | None:
+    """What is at the output: None (a new run), or the metadata of a run to resume or that is
+    complete. Read-only, so every process of a distributed run can ask."""
+    existing = st.check_writable(url, "jsae", cfg.identity(), overwrite=cfg.overwrite)
+    if existing is not None and not existing.get("complete") and not cfg.resume:
+        step = existing.get("checkpoint_step")
+        raise StoreError(f"{url} holds an interrupted run of this config" + (f" (checkpoint at step {step})" if step else ""),
+                         hint="pass --resume to continue it, or --overwrite to start again")
+    if existing is None and cfg.resume:
+        raise StoreError(f"--resume: there is no run of this config to resume at {url}", hint="drop --resume to start a new run")
+    return existing
+
+
+def _new_store_meta(cfg: TrainConfig, acts: Activations) -> dict[str, Any]:
+    return {"acts_store": acts.url, "d_model": acts.d_model, "d_mlp": int(acts.meta["d_mlp"]), "n_latents": cfg.latents,
+            "k": cfg.k, "lam": cfg.lam, "n_steps": cfg.n_steps, "model": acts.meta.get("model"),
+            "layer": acts.meta.get("layer"), "mlp": acts.meta.get("mlp"), "context_size": acts.context_size,
+            "data": acts.meta.get("data"),
+            "run_options": {k: getattr(cfg, k) for k in cfg._RUNTIME if k not in ("out", "overwrite", "resume")}}
+
+
+def train(cfg: TrainConfig, reporter: Reporter = SILENT) -> TrainResult:
+    cfg.validate()
+    acts = Activations.open(cfg.acts)
+    dist = init_dist(cfg.device)
+    device = _device(cfg, dist)
+    cfg.resolve(acts.d_model, acts.n_tokens, dist.world)
+    if acts.n_chunks < cfg.data_lanes:
+        raise ConfigError(f"the activations store has {acts.n_chunks} chunks, fewer than {cfg.data_lanes} data lanes",
+                          hint="harvest more tokens, or use fewer processes")
+    url = st.resolve_url(cfg.out or default_out(cfg))
+    existing = _check_output(cfg, url)
+    if existing is not None and existing.get("complete"):
+        reporter.note(f"{url} is already trained; nothing to do")
+        return TrainResult(url, existing.get("tokens_per_second", 0.0), existing.get("final_metrics", {}),
+                           existing.get("n_steps", 0), already_complete=True)
+    _barrier(dist)  # every process has looked before rank 0 creates anything
+    store = None
+    if dist.main:
+        store, _ = st.prepare_output(url, "jsae", cfg.identity(), overwrite=cfg.overwrite)
+        if existing is None:
+            store.update_meta(**_new_store_meta(cfg, acts))
+            _append_history(store, [])
+    _barrier(dist)
+
+    trainer = _Trainer(cfg, acts, dist, device)
+    start = 0
+    if existing is not None:
+        state = _load_checkpoint(store or st.open_store(url, "jsae", require_complete=False), trainer.pair, trainer.opt,
+                                 trainer.last_fired)
+        start = state["step"] if state else 0
+        reporter.note(f"resuming {url} at step {start} of {cfg.n_steps}")
+        if store is not None:
+            _truncate_history(store, start)
+
+    reporter.note(f"training 2 × {cfg.latents:,} latents, k={cfg.k}, λ={cfg.lam:g} on {format_count(cfg.tokens)} tokens "
+                  f"({cfg.n_steps} steps of {cfg.batch_size}) of {acts.url} on {device}"
+                  + (f" × {dist.world} processes" if dist.world > 1 else ""))
+    stream = BatchStream(acts, batch_size=cfg.batch_size, lanes=cfg.data_lanes, rank=dist.rank, world=dist.world,
+                         seed=cfg.seed, buffer_tokens=cfg.buffer_tokens, start_batch=start)
+    pending: list[dict[str, float]] = []
+    last: dict[str, float] = {}
+    clock: float | None = None  # starts after the first step, which pays for warm-up allocations
+    reporter.start("train", (cfg.n_steps - start) * cfg.batch_size, "tokens")
+    try:
+        for step in range(start, cfg.n_steps):
+            x, y = next(stream)
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True) if y is not None else None
+            log = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps
+            metrics = trainer.step(step, x, y, step * cfg.batch_size, log)
+            if clock is None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                clock = time.perf_counter()
+            if metrics:
+                pending.append(metrics)
+                last = metrics
+            shown = {"loss": last["loss"], "fvu_in": last["fvu_in"], "fvu_out": last["fvu_out"], "J>0.01": last["j_count"]} if last else {}
+            reporter.advance(cfg.batch_size, **shown)
+            done = step + 1
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.n_steps:
+                if store is not None:
+                    _append_history(store, pending)
+                    pending = []
+                    _save_checkpoint(store, trainer.pair, trainer.opt, {"step": done}, trainer.last_fired)
+                    store.update_meta(checkpoint_step=done)
+                _barrier(dist)
+    finally:
+        stream.close()
+        reporter.finish()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timed_steps = cfg.n_steps - start - 1
+    tps = timed_steps * cfg.batch_size / (time.perf_counter() - clock) if clock and timed_steps > 0 else 0.0
+    final = _finite({k: v for k, v in last.items() if k not in ("step", "tokens", "lr")})
+    if store is not None:
+        _append_history(store, pending)
+        _write_result(store, trainer.pair, cfg, acts)
+        if "checkpoint" in store.group and not cfg.keep_checkpoint:
+            del store.group["checkpoint"]  # optimiser state is 3x the weights; a finished run needs none
+        store.mark_complete(checkpoint_step=None, final_metrics=final, tokens_per_second=tps)
+    _barrier(dist)
+    return TrainResult(url, tps, final, cfg.n_steps)
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        torch.distributed.barrier()

@@ -1,0 +1,154 @@
+"""train: exact resume after SIGKILL, DistributedDataParallel, options, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from jsaectl.cli import app
+from jsaectl.train import TrainConfig, train
+
+runner = CliRunner()
+SMALL = ["--expansion", "4", "--k", "4", "--batch-size", "256", "--log-every", "5"]
+
+
+@pytest.fixture(scope="module")
+def acts(gpt2_dir, corpus, tmp_path_factory) -> str:
+    """~50k tokens of the tiny GPT-2's layer 1 (float32, so nothing is lost to storage)."""
+    big = tmp_path_factory.mktemp("c") / "big.jsonl"
+    big.write_text(Path(corpus).read_text() * 2)
+    out = str(tmp_path_factory.mktemp("acts") / "acts.zarr")
+    result = runner.invoke(app, ["harvest", str(gpt2_dir), "-l", "1", "-d", str(big), "-n", "50k", "-T", "32",
+                                 "--dtype", "float32", "-o", out])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _weights(url: str) -> dict[str, np.ndarray]:
+    g = zarr.open_group(url, mode="r")
+    return {f"{s}/{p}": g[f"{s}/{p}"][...] for s in ("sae_in", "sae_out") for p in ("W_enc", "b_enc", "W_dec", "b_dec")}
+
+
+def _train(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jsaectl", "train", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_trains_and_records_history(acts, tmp_path):
+    result = runner.invoke(app, ["train", acts, *SMALL, "--tokens", "20k", "--lam-warmup", "0.5", "-o", str(tmp_path / "j.zarr"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    g = zarr.open_group(summary["store"], mode="r")
+    meta = g.attrs["jsaectl"]
+    assert meta["kind"] == "jsae" and meta["complete"] and meta["acts_store"] == acts
+    assert g["sae_in/W_enc"].shape == (32, 128) and g["sae_out/W_dec"].shape == (128, 32)
+    assert np.allclose(np.linalg.norm(g["sae_in/W_dec"][...], axis=1), 1, atol=1e-5)
+    hist = {k: g[f"history/{k}"][...] for k in ("step", "fvu_in", "fvu_out", "j_count", "lam")}
+    assert list(hist["step"]) == [5 * i for i in range(1, 16)] + [78]
+    assert hist["fvu_in"][-1] < hist["fvu_in"][0] and hist["fvu_out"][-1] < hist["fvu_out"][0]
+    assert hist["lam"][0] < hist["lam"][-1] == meta["lam"] == 0.5 * 16 / 32
+    assert summary["tokens_per_second"] > 0 and 0 < summary["j_count"] <= 16
+    assert "checkpoint" not in g
+
+
+def test_lam_zero_trains_the_plain_pair_and_still_measures_the_jacobian(acts, tmp_path):
+    cfg = TrainConfig(acts=acts, expansion=4, k=4, batch_size=256, tokens=10_000, lam=0.0, out=str(tmp_path / "b.zarr"))
+    result = train(cfg)
+    assert result.metrics["lam"] == 0 and result.metrics["j_count"] > 0
+
+
+@pytest.mark.parametrize("extra", [["--jacobian-at", "reconstruction"], ["--auxk", "0.03", "--dead-tokens", "1k"]])
+def test_variants_train(acts, tmp_path, extra):
+    result = runner.invoke(app, ["train", acts, *SMALL, "--tokens", "5k", "-o", str(tmp_path / "v.zarr"), *extra])
+    assert result.exit_code == 0, result.output
+
+
+def test_resume_after_sigkill_gives_the_same_weights(acts, tmp_path):
+    args = [acts, *SMALL, "--tokens", "40k", "--checkpoint-every", "20"]
+    reference = _train(args + ["-o", str(tmp_path / "ref.zarr")])
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "jsaectl", "train", *args, "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    meta = out / "checkpoint" / "zarr.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (meta.exists() and '"slot"' in meta.read_text()):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert zarr.open_group(str(out), mode="r").attrs["jsaectl"]["complete"] is False
+
+    refused = _train(args + ["-o", str(out)])
+    assert refused.returncode == 1 and "--resume" in refused.stderr
+    resumed = _train(["--resume", "-o", str(out)])  # the options come from the store
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    ref, got = _weights(str(tmp_path / "ref.zarr")), _weights(str(out))
+    for name in ref:
+        assert ref[name].tobytes() == got[name].tobytes(), name
+    ref_hist = zarr.open_group(str(tmp_path / "ref.zarr"))["history/step"][...]
+    assert (zarr.open_group(str(out))["history/step"][...] == ref_hist).all()
+
+
+def test_ddp_with_two_processes_matches_one_process(acts, tmp_path):
+    args = [acts, *SMALL, "--tokens", "10k", "--data-lanes", "2", "--device", "cpu"]
+    single = _train(args + ["-o", str(tmp_path / "one.zarr")])
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "jsaectl", "train", *args, "-o", str(tmp_path / "two.zarr")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert ddp.returncode == 0, ddp.stderr
+    assert ddp.stdout.strip().splitlines()[0] == str(tmp_path / "two.zarr")
+    one, two = _weights(str(tmp_path / "one.zarr")), _weights(str(tmp_path / "two.zarr"))
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def _bad(args: list[str], code: int, stores: list[str]) -> str:
+    before = {p: p.stat().st_mtime_ns for s in stores for p in Path(s).rglob("*")}
+    result = runner.invoke(app, ["train", *args])
+    assert result.exit_code == code, result.output
+    assert result.stdout == "" and "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("jsaectl: error:") and "hint" in last or code == 2
+    assert {p: p.stat().st_mtime_ns for s in stores for p in Path(s).rglob("*")} == before
+    return last
+
+
+def test_bad_options_are_refused_and_touch_nothing(acts, tmp_path):
+    out = str(tmp_path / "j.zarr")
+    done = runner.invoke(app, ["train", acts, *SMALL, "--tokens", "2k", "-o", out])
+    assert done.exit_code == 0, done.output
+    stores = [acts, out]
+    assert "--k must be positive" in _bad([acts, "--k", "0"], 2, stores)
+    assert "more than" in _bad([acts, "--k", "200", "--latents", "100"], 2, stores)
+    assert "more than the 128 latents" in _bad([acts, "--k", "200", "--expansion", "4"], 2, stores)
+    assert "--lam must be >= 0" in _bad([acts, "--lam", "-1"], 2, stores)
+    assert "--batch-size must be positive" in _bad([acts, "--batch-size", "0"], 2, stores)
+    assert "needs a activations store" in _bad([out], 1, stores)
+    assert "different config" in _bad([acts, *SMALL, "--tokens", "4k", "-o", out], 1, stores)
+    assert "no store at" in _bad([str(tmp_path / "nothing.zarr")], 1, stores)
+    assert "no store arrived on stdin" in _bad([], 1, stores)
+
+
+def test_a_terminal_on_stdin_fails_at_once_instead_of_waiting():
+    import pty
+
+    parent, child = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "jsaectl", "train"], stdin=child, capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(parent), os.close(child)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "stdin is a terminal" in proc.stderr and "hint" in proc.stderr
