@@ -80,9 +80,32 @@ class Activations:
     def tokens(self, lo: int, hi: int) -> np.ndarray:
         return self.store.group["tokens"][lo:hi]
 
+    @property
+    def bos(self) -> bool:
+        """Whether every context starts with a BOS token (then position 0 is never text)."""
+        return bool(self.meta.get("data", {}).get("bos"))
+
+    def position(self, rows: np.ndarray) -> np.ndarray:
+        """Position within its context of each row: contexts are fixed-length and start at row 0."""
+        return rows % self.context_size
+
     @cached_property
     def vocab(self) -> np.ndarray:
         return self.store.group["vocab"][...]
+
+    @cached_property
+    def _vocab_bytes(self) -> tuple[np.ndarray, np.ndarray] | None:
+        g = self.store.group
+        return (g["vocab_bytes/data"][...], g["vocab_bytes/offsets"][...]) if "vocab_bytes" in g else None
+
+    def token_texts(self, ids: np.ndarray) -> list[str]:
+        """How each token of a run of consecutive tokens reads (characters split over tokens
+        are shown whole on the token that completes them)."""
+        from jsaectl.text import decode_window
+
+        if self._vocab_bytes is None:
+            return [str(self.vocab[i]) for i in ids]
+        return decode_window(ids, *self._vocab_bytes)
 
     def mlp(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> MLPWeights:
         g = self.store.group["mlp"]

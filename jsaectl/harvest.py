@@ -29,6 +29,7 @@ from jsaectl.data import check_source, describe_source, iter_contexts, iter_piec
 from jsaectl.errors import ConfigError, DataError
 from jsaectl.models import BUNDLED_DEFAULT_LAYER, BUNDLED_MODEL
 from jsaectl.progress import SILENT, Reporter
+from jsaectl.text import pack, token_bytes
 from jsaectl.units import format_count
 
 STORE_DTYPES = ("float16", "float32", "bfloat16")
@@ -204,28 +205,31 @@ def _create_arrays(store: st.Store, cfg: HarvestConfig, layout: _Layout, d_model
     x_dtype = "uint16" if cfg.dtype == "bfloat16" else cfg.dtype
     rows, n = layout.rows, layout.n_tokens
     names = ["x", "y"] if cfg.with_output else ["x"]
+    require = lambda name, **kw: st.race_safe(g.require_array, name, **kw)  # noqa: E731
     for name in names:
-        g.require_array(name, shape=(n, d_model), chunks=(rows, d_model), dtype=x_dtype,
-                        dimension_names=("token", "d_model"), fill_value=0)
-    g.require_array("tokens", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
-    g.require_array("position", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
+        require(name, shape=(n, d_model), chunks=(rows, d_model), dtype=x_dtype, dimension_names=("token", "d_model"), fill_value=0)
+    require("tokens", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
+    require("position", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
     # One uncompressed 4-byte object per chunk: written last, atomically, by whoever owns the chunk.
-    g.require_array("progress/chunk_contexts", shape=(layout.n_chunks,), chunks=(1,), dtype="int32",
-                    fill_value=-1, compressors=None, dimension_names=("chunk",))
+    st.race_safe(g.require_group, "progress")
+    require("progress/chunk_contexts", shape=(layout.n_chunks,), chunks=(1,), dtype="int32",
+            fill_value=-1, compressors=None, dimension_names=("chunk",))
 
 
 def _write_mlp_and_vocab(store: st.Store, site: Any, tokenizer: Any) -> None:
     """Small arrays, written whole before the progress array exists (see _setup)."""
     g = store.group
-    mlp = g.require_group("mlp")
+    mlp = st.race_safe(g.require_group, "mlp")
     for name, tensor in site.weights.tensors().items():
         st.write_array(mlp, name, tensor.numpy())
     mlp.attrs.update({"activation": site.weights.activation, "gated": site.weights.gated,
                       "d_model": site.weights.d_model, "d_mlp": site.weights.d_mlp, "module": site.description})
     ids = [[i] for i in range(len(tokenizer))]
-    vocab = np.array(tokenizer.batch_decode(ids, clean_up_tokenization_spaces=False), dtype=object)
-    arr = g.create_array("vocab", shape=(len(vocab),), dtype=str, chunks=(len(vocab),), overwrite=True)
-    arr[...] = vocab
+    st.write_array(g, "vocab", np.array(tokenizer.batch_decode(ids, clean_up_tokenization_spaces=False), dtype=object))
+    data, offsets = pack(token_bytes(tokenizer))
+    vb = st.race_safe(g.require_group, "vocab_bytes")
+    st.write_array(vb, "data", data)
+    st.write_array(vb, "offsets", offsets)
 
 
 def _finalize(store: st.Store, cfg: HarvestConfig, layout: _Layout, extra: dict[str, Any]) -> int | None:

@@ -72,25 +72,22 @@ class _JacobianL1(torch.autograd.Function):
         dU = torch.zeros_like(U_T) if want_U else None
         dVs = [torch.zeros_like(V) if w else None for V, w in zip(Vs, want_V)]
         dss = [torch.zeros_like(s) if w else None for s, w in zip(slopes, want_s)]
-        m = U_T.shape[1]
-        B = J.shape[0]
-        for lo in range(0, B, ctx.chunk):
-            hi = min(B, lo + ctx.chunk)
+        for lo in range(0, J.shape[0], ctx.chunk):
+            hi = min(J.shape[0], lo + ctx.chunk)
             G = torch.sign(J[lo:hi]) * grad_sum  # [c, k_out, k_in]; masked rows are 0 already
-            Ug = U_T[idx_y[lo:hi]]  # [c, k_out, m]
-            dUg = torch.zeros_like(Ug) if want_U else None
+            iy, ix = idx_y[lo:hi], idx_x[lo:hi]
+            Ug = U_T[iy]  # [c, k_out, m]
+            dUg = None
             for i, (V, s) in enumerate(zip(Vs, slopes)):
-                Vg = V[idx_x[lo:hi]]  # [c, k_in, m]
-                sc = s[lo:hi, None, :]  # [c, 1, m]
-                GV = torch.bmm(G, Vg)  # [c, k_out, m]
-                if want_U:
-                    dUg += GV * sc
-                if want_V[i]:
-                    dVs[i].index_add_(0, idx_x[lo:hi].reshape(-1), torch.bmm(G.transpose(1, 2), Ug * sc).reshape(-1, m))
-                if want_s[i]:
-                    dss[i][lo:hi] = (GV * Ug).sum(1)
+                Vs_g = V[ix] * s[lo:hi, None, :]  # [c, k_in, m]: V rows scaled by the slopes
+                if want_U:  # dUg = G · (V ⊙ s)
+                    dUg = torch.bmm(G, Vs_g) if dUg is None else dUg.baddbmm_(G, Vs_g)
+                if want_V[i]:  # dV = (G^T · U) ⊙ s
+                    dVs[i].index_put_((ix,), torch.bmm(G.transpose(1, 2), Ug) * s[lo:hi, None, :], accumulate=True)
+                if want_s[i]:  # ds_h = Σ_ij G_ij U_ih V_jh
+                    dss[i][lo:hi] = (torch.bmm(G, V[ix]) * Ug).sum(1)
             if want_U:
-                dU.index_add_(0, idx_y[lo:hi].reshape(-1), dUg.reshape(-1, m))
+                dU.index_put_((iy,), dUg, accumulate=True)
         return (dU, None, None, None, None, None, *dVs, *dss)
 
 

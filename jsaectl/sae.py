@@ -46,8 +46,35 @@ class _TopKEncode(torch.autograd.Function):
         G = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), rows]), grad_values.reshape(-1),
                                     (ctx.n, B), check_invariants=False)
         grad_W = torch.sparse.mm(G, x).t().contiguous()  # [d, n]
-        grad_b = torch.zeros(ctx.n, dtype=x.dtype, device=x.device).index_add_(0, indices.reshape(-1), grad_values.reshape(-1))
+        grad_b = torch.bincount(indices.reshape(-1), weights=grad_values.reshape(-1), minlength=ctx.n).to(x.dtype)
         return None, grad_W, grad_b, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """(values [B, k], indices [B, k], W_dec [n, d]) -> Σ_j values_j · W_dec[indices_j]  [B, d].
+
+    autograd's embedding_bag backward sorts all B·k indices every step; here the weight
+    gradient is one sparse matrix product and the value gradient one batched dot product.
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+        ctx.save_for_backward(values, indices, W_dec)
+        return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
+        values, indices, W_dec = ctx.saved_tensors
+        B, k = indices.shape
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[0]:
+            grad_values = torch.bmm(W_dec[indices], grad_out.unsqueeze(-1)).squeeze(-1)  # [B, k]
+        if ctx.needs_input_grad[2]:
+            rows = torch.arange(B, device=grad_out.device).repeat_interleave(k)
+            S = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), rows]), values.reshape(-1).to(grad_out.dtype),
+                                        (W_dec.shape[0], B), check_invariants=False)
+            grad_W = torch.sparse.mm(S, grad_out)  # [n, d]
+        return grad_values, None, grad_W
 
 
 class Encoded(NamedTuple):
@@ -81,8 +108,7 @@ class TopKSAE(nn.Module):
 
     def decode(self, values: Tensor, indices: Tensor) -> Tensor:
         """``x̂ [B, d]`` from the k active latents: a gather of k decoder rows per token."""
-        out = F.embedding_bag(indices, self.W_dec, per_sample_weights=values.to(self.W_dec.dtype), mode="sum")
-        return out + self.b_dec
+        return _SparseDecode.apply(values.to(self.W_dec.dtype), indices, self.W_dec) + self.b_dec
 
     def forward(self, x: Tensor) -> tuple[Encoded, Tensor]:
         code = self.encode(x)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -144,12 +145,29 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
+_RACES = (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError)
+
+
+def race_safe(make: Any, *args: Any, **kwargs: Any) -> Any:
+    """``make(...)`` for a ``require_*`` or create call that another process (a shard of the
+    same harvest) may be making at the same moment: if it got there first, open its node."""
+    for attempt in range(5):
+        try:
+            return make(*args, **kwargs)
+        except _RACES:
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def write_array(group: zarr.Group, name: str, array: Any, **kwargs: Any) -> zarr.Array:
     """Write a small array whole (one chunk), replacing any array of that name."""
     import numpy as np
 
     array = np.asarray(array)
-    out = group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=array.shape if array.ndim else (),
+    # Strings go in as zarr's variable-length UTF-8 (numpy's fixed-width "<U" has no v3 spec).
+    dtype = str if array.dtype.kind in ("U", "O", "T") else array.dtype
+    out = group.create_array(name, shape=array.shape, dtype=dtype, chunks=array.shape if array.ndim else (),
                              overwrite=True, **kwargs)
     out[...] = array
     return out
@@ -199,6 +217,14 @@ def prepare_output(url: str, kind: str, config: dict[str, Any], *, overwrite: bo
     # Mode "w" removes whatever the store held. Mode "a" never deletes: shards of one harvest
     # may create the same store at the same time, each writing identical metadata. Either way
     # the attrs go in with the group, not in a second write that a reader could miss.
-    mode = "w" if overwrite and _exists(url) else "a"
-    group = zarr.open_group(url, mode=mode, attributes={"jsaectl": meta})
-    return Store(url, group, dict(group.attrs["jsaectl"])), False
+    if overwrite and _exists(url):
+        group = zarr.open_group(url, mode="w", attributes={"jsaectl": meta})
+    else:
+        group = race_safe(zarr.open_group, url, mode="a", attributes={"jsaectl": meta})
+        if "jsaectl" not in group.attrs:  # another shard's group, its attrs not yet written
+            time.sleep(0.2)
+            group = zarr.open_group(url, mode="r+")
+    found = dict(group.attrs.get("jsaectl", meta))
+    if config_diff(found.get("config", {}), config):
+        raise StoreError(f"{url} was just created by another process with a different config", hint="give each run its own --out")
+    return Store(url, group, found), False

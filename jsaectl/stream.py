@@ -13,6 +13,8 @@ N processes share one order:
   ``b = batch_size / lanes``. A process of a data-parallel run reads only its own lanes.
 
 So a single process with ``lanes=2`` sees exactly the global batches of a 2-process run.
+Rows at position 0 of a context (the BOS token, when the store has one) are skipped unless
+asked for: their activations are outliers that say nothing about the text.
 Memory is set by the buffer size, never by the store size.
 """
 
@@ -40,8 +42,10 @@ class _Group:
 class LaneReader:
     """One lane's endless stream of rows, as raw stored arrays (x, and y when stored)."""
 
-    def __init__(self, acts: Activations, lane: int, lanes: int, seed: int, buffer_chunks: int) -> None:
+    def __init__(self, acts: Activations, lane: int, lanes: int, seed: int, buffer_chunks: int, skip_bos: bool) -> None:
         self.acts, self.lane, self.lanes, self.seed = acts, lane, lanes, seed
+        # Chunks hold whole contexts, so position 0 is every context_size-th row of a chunk.
+        self.skip_bos = skip_bos and acts.bos
         self.buffer_chunks = max(1, buffer_chunks)
         if acts.n_chunks < lanes:
             raise ValueError(f"the store has {acts.n_chunks} chunks, fewer than {lanes} data lanes")
@@ -52,14 +56,21 @@ class LaneReader:
         groups = []
         for i in range(0, len(mine), self.buffer_chunks):
             chunks = tuple(int(c) for c in mine[i : i + self.buffer_chunks])
-            size = sum(hi - lo for lo, hi in map(self.acts.chunk_range, chunks))
+            size = sum(self._kept(hi - lo) for lo, hi in map(self.acts.chunk_range, chunks))
             groups.append(_Group(epoch, i // self.buffer_chunks, chunks, size))
         return groups
 
+    def _kept(self, rows: int) -> int:
+        return rows - rows // self.acts.context_size if self.skip_bos else rows
+
+    def _read(self, name: str, lo: int, hi: int) -> np.ndarray:
+        rows = self.acts.read(name, lo, hi)
+        return rows[np.arange(hi - lo) % self.acts.context_size != 0] if self.skip_bos else rows
+
     def _load(self, group: _Group) -> tuple[np.ndarray, np.ndarray | None]:
         ranges = [self.acts.chunk_range(c) for c in group.chunks]
-        x = np.concatenate([self.acts.read("x", lo, hi) for lo, hi in ranges])
-        y = np.concatenate([self.acts.read("y", lo, hi) for lo, hi in ranges]) if self.acts.has_y else None
+        x = np.concatenate([self._read("x", lo, hi) for lo, hi in ranges])
+        y = np.concatenate([self._read("y", lo, hi) for lo, hi in ranges]) if self.acts.has_y else None
         perm = np.random.default_rng([self.seed, group.epoch, self.lane, group.index]).permutation(len(x))
         return x[perm], (y[perm] if y is not None else None)
 
@@ -97,14 +108,14 @@ class BatchStream:
     """Batches ``(x, y or None)`` as float32 tensors for this process, prefetched on a thread."""
 
     def __init__(self, acts: Activations, *, batch_size: int, lanes: int, rank: int, world: int, seed: int,
-                 buffer_tokens: int, start_batch: int = 0, prefetch: int = 3) -> None:
+                 buffer_tokens: int, skip_bos: bool = True, start_batch: int = 0, prefetch: int = 3) -> None:
         if batch_size % lanes or lanes % world:
             raise ValueError("batch_size must be a multiple of lanes, and lanes a multiple of the world size")
         self.acts = acts
         self.lane_batch = batch_size // lanes
         my_lanes = range(rank * lanes // world, (rank + 1) * lanes // world)
         buffer_chunks = max(1, -(-buffer_tokens // (lanes * acts.rows_per_chunk)))
-        self._readers = [LaneReader(acts, lane, lanes, seed, buffer_chunks) for lane in my_lanes]
+        self._readers = [LaneReader(acts, lane, lanes, seed, buffer_chunks, skip_bos) for lane in my_lanes]
         self._start = start_batch
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()

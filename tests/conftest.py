@@ -135,6 +135,33 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "docs.jsonl")
 
 
+
+@pytest.fixture(scope="session")
+def acts_store(gpt2_dir, corpus, tmp_path_factory) -> str:
+    """~50k tokens of the tiny GPT-2's layer 1, float32 so nothing is lost to storage."""
+    from typer.testing import CliRunner
+
+    from jsaectl.cli import app
+
+    big = tmp_path_factory.mktemp("c") / "big.jsonl"
+    big.write_text(Path(corpus).read_text() * 2)
+    out = str(tmp_path_factory.mktemp("acts") / "acts.zarr")
+    result = CliRunner().invoke(app, ["harvest", str(gpt2_dir), "-l", "1", "-d", str(big), "-n", "50k", "-T", "32",
+                                      "--dtype", "float32", "-o", out])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def jsae_store(acts_store, tmp_path_factory) -> str:
+    """A small JSAE (2 × 128 latents, k = 4) trained on acts_store."""
+    from jsaectl.train import TrainConfig, train
+
+    out = str(tmp_path_factory.mktemp("jsae") / "jsae.zarr")
+    train(TrainConfig(acts=acts_store, expansion=4, k=4, batch_size=256, tokens=30_000, out=out))
+    return out
+
+
 if __name__ == "__main__":
     # python tests/conftest.py DIR: the tiny GPT-2 and corpus of the tests, for trying the CLI by hand.
     import sys

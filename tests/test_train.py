@@ -22,16 +22,9 @@ runner = CliRunner()
 SMALL = ["--expansion", "4", "--k", "4", "--batch-size", "256", "--log-every", "5"]
 
 
-@pytest.fixture(scope="module")
-def acts(gpt2_dir, corpus, tmp_path_factory) -> str:
-    """~50k tokens of the tiny GPT-2's layer 1 (float32, so nothing is lost to storage)."""
-    big = tmp_path_factory.mktemp("c") / "big.jsonl"
-    big.write_text(Path(corpus).read_text() * 2)
-    out = str(tmp_path_factory.mktemp("acts") / "acts.zarr")
-    result = runner.invoke(app, ["harvest", str(gpt2_dir), "-l", "1", "-d", str(big), "-n", "50k", "-T", "32",
-                                 "--dtype", "float32", "-o", out])
-    assert result.exit_code == 0, result.output
-    return out
+@pytest.fixture
+def acts(acts_store) -> str:
+    return acts_store
 
 
 def _weights(url: str) -> dict[str, np.ndarray]:

@@ -170,6 +170,7 @@ def build(root: Path, out: Path, versions: dict[str, str]) -> None:
             print(f"{source.id:24s} {kept_bytes:>11,} bytes {table[-1]['docs']:>6} docs "
                   f"{time.time() - started:5.1f}s {dict(builder.stats)}", file=sys.stderr)
     write_sources_md(out, table, totals)
+    (out / "sources.json").write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "stats.json").write_text(json.dumps({"sources": all_stats, "totals": totals}, indent=1) + "\n")
 
 

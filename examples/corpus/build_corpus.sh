@@ -5,13 +5,14 @@
 #   examples/corpus/build_corpus.sh OUTDIR [WORKDIR]
 #
 # Writes OUTDIR/train.jsonl, OUTDIR/heldout.jsonl (one JSON document per line:
-# {"text", "lang", "source", "register"}), OUTDIR/SOURCES.md (provenance and licences),
-# OUTDIR/licences/<package>.copyright and OUTDIR/stats.json. WORKDIR (default: a temporary
-# directory, removed afterwards) receives the .deb files and their unpacked contents (~500 MB).
+# {"text", "lang", "source", "register"}), OUTDIR/SOURCES.md (provenance and licences; the
+# same table as OUTDIR/sources.json), OUTDIR/licences/<package>.copyright, OUTDIR/stats.json.
+# WORKDIR (default: a temporary directory, removed afterwards) receives the .deb files and
+# their unpacked contents (~500 MB).
 # Then build the bundled sample with:
 #   python3 examples/corpus/make_sample.py --corpus OUTDIR --out jsaectl/assets/corpus
 #
-# Needs: apt-get (after `apt-get update`), dpkg-deb, groff (package groff-base), python3 >= 3.9.
+# Needs: apt-get (after `apt-get update`), dpkg-deb, groff (package groff-base), python3 >= 3.10.
 # Deterministic for a given set of package versions (recorded in SOURCES.md).
 set -euo pipefail
 

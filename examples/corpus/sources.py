@@ -223,7 +223,7 @@ SOURCES: list[Source] = [
     Source("debian-faq-de", ("debian-faq-de",), "de", "docs", "Debian FAQ, German",
            lambda r: html_units(r, "debian-faq-de", "usr/share/doc/debian/FAQ/de/*.html", ("index.",)),
            licence_fallback=(r"Permission is granted to make and distribute verbatim copies",
-                             "verbatim-copying licence with modified/translated versions allowed (GNU-manual style, permissive)")),
+                             "permissive (verbatim, modified and translated copies allowed under the same notice)")),
     Source("maint-guide-de", ("maint-guide-de",), "de", "docs", "Debian New Maintainers' Guide, German",
            lambda r: html_units(r, "maint-guide-de", "usr/share/doc/maint-guide-de/html/*.html", ("index.",)),
            notes="copyleft (GPL-2+)"),

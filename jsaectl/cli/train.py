@@ -56,6 +56,7 @@ def train_cmd(
     buffer_tokens: Annotated[str, typer.Option("--buffer-tokens", help="Shuffle buffer in tokens (memory ≈ this × d_model × 2 bytes).")] = "131072",
     data_lanes: Annotated[int | None, typer.Option("--data-lanes", help="Lanes of the data order. Default: the number of processes; a 1-process run with --data-lanes N sees the batches of an N-process run.", show_default=False)] = None,
     autocast: Annotated[bool | None, typer.Option("--autocast/--no-autocast", help="bfloat16 autocast of the SAE matmuls. Default: on for CUDA only.", show_default=False)] = None,
+    include_bos: Annotated[bool, typer.Option("--include-bos", help="Include the BOS token that starts each context (skipped by default: its activations are outliers).")] = False,
     device: DeviceOpt = "auto",
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between checkpoints in the store (0: none).")] = 500,
     log_every: Annotated[int, typer.Option("--log-every", help="Steps between records of history/.")] = 10,
@@ -73,7 +74,7 @@ def train_cmd(
         lr_decay=lr_decay, batch_size=batch_size, tokens=parse_count(tokens, "--tokens") if tokens else None, seed=seed,
         jacobian_at=jacobian_at, auxk=auxk, auxk_k=auxk_k, dead_tokens=parse_count(dead_tokens, "--dead-tokens"),
         grad_clip=grad_clip, buffer_tokens=parse_count(buffer_tokens, "--buffer-tokens"), data_lanes=data_lanes,
-        autocast=autocast, device=device, checkpoint_every=checkpoint_every, log_every=log_every, out=out,
+        autocast=autocast, include_bos=include_bos, device=device, checkpoint_every=checkpoint_every, log_every=log_every, out=out,
         overwrite=overwrite, resume=resume, keep_checkpoint=keep_checkpoint,
     )
     if resume and out and acts is None:

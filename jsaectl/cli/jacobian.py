@@ -1,0 +1,111 @@
+"""Which input latents compute which output latents: the Jacobian between a JSAE's latents
+over real tokens.
+
+JSAE is the store printed by `jsaectl train` (or read from stdin). Writes a jacobian store
+(sparsity summary, connections strongest first, |J| histogram, latent labels) and prints
+its URL; shows the top connections, labelled by each latent's top-activating tokens, and a
+histogram of |J| on stderr.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from jsaectl.cli._common import ConfigOpt, DeviceOpt, JsonOpt, OutOpt, OverwriteOpt, RichReporter, emit, err, store_from_arg
+from jsaectl.errors import ConfigError
+from jsaectl.units import parse_count
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ConfigError(f"--thresholds must be numbers separated by commas, not {text!r}") from None
+
+
+def sparsity_table(result) -> Table:
+    k2 = result.k**2
+    table = Table(title=f"Jacobian sparsity over {result.n_tokens:,} tokens (k = {result.k}: {k2} entries per token)",
+                  title_justify="left")
+    table.add_column("|J| >", justify="right")
+    table.add_column("entries per token", justify="right")
+    table.add_column("of k²", justify="right")
+    for threshold, row in result.sparsity.items():
+        table.add_row(threshold, f"{row['mean_count']:.1f}", f"{row['fraction']:.1%}")
+    return table
+
+
+def connections_table(result) -> Table:
+    table = Table(title=f"top {len(result.top)} connections: input latent → output latent (strength = Σ|J| / tokens)",
+                  title_justify="left")
+    for name, justify in (("#", "right"), ("input latent", "left"), ("", "center"), ("output latent", "left"),
+                          ("strength", "right"), ("mean |J|", "right"), ("mean J", "right"), ("tokens", "right")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for rank, c in enumerate(result.top, 1):
+        table.add_row(str(rank), f"[bold]{c.input}[/] {c.input_label}", "→", f"[bold]{c.output}[/] {c.output_label}",
+                      f"{c.strength:.3g}", f"{c.mean_abs:.3g}", f"{c.mean:+.3g}", f"{c.count:,}")
+    return table
+
+
+def histogram(result, width: int = 40) -> Text:
+    edges, counts = result.histogram
+    text = Text("histogram of |J| (non-zero entries, log scale)\n")
+    total = counts.sum()
+    if total == 0:
+        return text.append("  (no non-zero entries)\n")
+    shown = np.flatnonzero(counts >= 0.001 * total)  # trim the near-empty tails
+    lo, hi = shown[0], shown[-1]
+    peak = counts.max()
+    for i in range(lo, hi + 1):
+        left = "0" if i == 0 else f"{edges[i - 1]:.0e}"
+        right = "∞" if i >= len(edges) else f"{edges[i]:.0e}"
+        bar = "█" * int(round(width * counts[i] / peak))
+        text.append(f"  {left:>6} – {right:<6} ").append(bar, style="cyan").append(f" {counts[i] / total:.1%}\n")
+    return text
+
+
+def render(result) -> None:
+    err.print(sparsity_table(result))
+    if result.linearity:
+        lin = result.linearity
+        err.print(f"f_s over {lin['pairs']} sampled active pairs: linear {lin['linear']:.0%}, JumpReLU-like "
+                  f"{lin['jumprelu']:.0%}, other {lin['other']:.0%}; ablation agrees with J (within "
+                  f"{lin['agree_within']}) for {lin['ablation_agree']:.1%} of {lin['ablation_checks']:,} checks")
+    err.print(histogram(result))
+    err.print(connections_table(result))
+
+
+def jacobian_cmd(
+    jsae: Annotated[str | None, typer.Argument(help="JSAE store (path or URL); read from stdin when missing or -.", show_default=False)] = None,
+    tokens: Annotated[str, typer.Option("--tokens", "-n", help="Tokens to analyse: the first N of the activations store.")] = "200k",
+    acts: Annotated[str | None, typer.Option("--acts", help="Analyse this activations store (e.g. held-out text) instead of the one the JSAE was trained on.", show_default=False)] = None,
+    thresholds: Annotated[str, typer.Option("--thresholds", help="|J| thresholds of the sparsity summary, comma-separated.")] = "0.005,0.01,0.015,0.02,0.04",
+    top: Annotated[int, typer.Option("--top", help="Connections shown in the table.")] = 20,
+    per_token: Annotated[bool, typer.Option("--per-token", help="Also store every token's J [N, k, k] with its index arrays (N·k²·4 bytes).")] = False,
+    linearity: Annotated[int, typer.Option("--linearity", help="Run the paper's linearity and ablation checks on N sampled active pairs (0: skip).")] = 0,
+    label_examples: Annotated[int, typer.Option("--label-examples", help="Top activations per latent that its label is drawn from.")] = 20,
+    max_pairs: Annotated[str, typer.Option("--max-pairs", help="Most latent pairs accumulated at once (memory ≈ 40 bytes each); the weakest are dropped beyond it.")] = "4M",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the --linearity sample.")] = 0,
+    include_bos: Annotated[bool, typer.Option("--include-bos", help="Include the BOS token that starts each context (skipped by default: its activations are outliers).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Tokens per batch.")] = 1024,
+    device: DeviceOpt = "auto",
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    from jsaectl.jacobian import JacobianConfig, jacobian
+
+    cfg = JacobianConfig(
+        jsae=store_from_arg(jsae), acts=acts, tokens=parse_count(tokens, "--tokens"), thresholds=_floats(thresholds), top=top,
+        per_token=per_token, linearity=linearity, label_examples=label_examples, max_pairs=parse_count(max_pairs, "--max-pairs"),
+        seed=seed, include_bos=include_bos, batch_size=batch_size, device=device, out=out, overwrite=overwrite,
+    )
+    result = jacobian(cfg, RichReporter())
+    render(result)
+    emit(result.store, result.summary(), json_out)

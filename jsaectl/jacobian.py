@@ -1,0 +1,356 @@
+"""Stage 3: which input latents compute which output latents, over real tokens.
+
+For each analysed token the closed-form Jacobian ``J [k_out, k_in]`` between the active
+latents of the two SAEs is computed (evaluated where training evaluated it). From it:
+
+* sparsity as the paper reports it: per token, the count of |J| above each threshold,
+  averaged over tokens, and as a fraction of the k² entries;
+* connections: per (input latent, output latent) pair over the tokens where both are active
+  (activation > 0): tokens co-active, mean |J|, max |J|, mean signed J. Their *strength* is
+  the sum of |J| over the analysed tokens divided by their number (how much of the typical
+  token's Jacobian the pair carries), and they are stored strongest first;
+* a histogram of |J| on a log scale, and each latent's top-activating tokens as its label.
+
+Connections are accumulated exactly in bounded memory: beyond ``max_pairs`` distinct pairs
+the sums spill to disk in hash partitions, reduced one partition at a time at the end; the
+``max_pairs`` strongest pairs are stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from jsaectl import store as st
+from jsaectl.errors import ConfigError
+from jsaectl.pair import LoadedJSAE, label
+from jsaectl.progress import SILENT, Reporter
+from jsaectl.topk import TopExamples
+from jsaectl.units import format_count
+
+DEFAULT_THRESHOLDS = (0.005, 0.01, 0.015, 0.02, 0.04)
+HIST_EDGES = np.logspace(-6, 2, 33)  # 4 bins a decade from 1e-6 to 1e2; |J| outside goes to the end bins
+
+
+@dataclass
+class JacobianConfig:
+    jsae: str = ""
+    """JSAE store written by train."""
+    acts: str | None = None
+    """Analyse another activations store (held-out data) instead of the JSAE's own."""
+    tokens: int = 200_000
+    """Tokens to analyse (the first ones of the activations store)."""
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    """|J| thresholds of the sparsity summary."""
+    top: int = 20
+    """Connections shown in the table."""
+    per_token: bool = False
+    """Also store every token's J with its index arrays."""
+    linearity: int = 0
+    """Sample this many active pairs for the linearity and ablation checks (0: skip)."""
+    label_examples: int = 20
+    """Top activations per latent kept for its label."""
+    max_pairs: int = 1 << 22
+    """Pairs held in memory before spilling to disk (~40 bytes each), and the most stored."""
+    seed: int = 0
+    """Seed of the linearity sample."""
+    include_bos: bool = False
+    """Analyse the BOS token at the start of each context too (skipped by default)."""
+    # --- how to run
+    batch_size: int = 1024
+    """Tokens per batch."""
+    device: str = "auto"
+    out: str | None = None
+    overwrite: bool = False
+
+    _RUNTIME = ("batch_size", "device", "out", "overwrite", "top")
+
+    def validate(self) -> None:
+        if self.tokens <= 0 or self.batch_size <= 0 or self.top < 0 or self.linearity < 0 or self.max_pairs <= 0:
+            raise ConfigError("--tokens, --batch-size and --max-pairs must be positive; --top and --linearity >= 0")
+        if not self.thresholds or any(t <= 0 for t in self.thresholds):
+            raise ConfigError(f"--thresholds must be positive numbers, not {self.thresholds}")
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
+
+
+@dataclass
+class Connection:
+    input: int
+    output: int
+    strength: float
+    count: int
+    mean_abs: float
+    max_abs: float
+    mean: float
+    input_label: str
+    output_label: str
+
+
+@dataclass
+class JacobianResult:
+    store: str
+    n_tokens: int
+    k: int
+    sparsity: dict[str, dict[str, float]]
+    top: list[Connection]
+    histogram: tuple[np.ndarray, np.ndarray]
+    tokens_per_second: float
+    linearity: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"store": self.store, "n_tokens": self.n_tokens, "k": self.k, "sparsity": self.sparsity,
+                "tokens_per_second": round(self.tokens_per_second, 1),
+                "top_connections": [asdict(c) for c in self.top],
+                **({"linearity": self.linearity} if self.linearity else {})}
+
+
+class _PairAccumulator:
+    """Exact sums per (input, output) latent pair, keyed by ``input * n + output``, in bounded
+    memory: when more than ``max_pairs`` distinct pairs are held, they are spilled to disk in
+    ``partitions`` key-hash partitions, each reduced on its own at the end."""
+
+    PARTITIONS = 64
+
+    def __init__(self, n: int, max_pairs: int, spill_dir: str) -> None:
+        self.n, self.max_pairs, self.spill_dir = n, max_pairs, spill_dir
+        self.keys = torch.zeros(0, dtype=torch.int64)
+        self.stats = torch.zeros(0, 4, dtype=torch.float64)  # count, sum |J|, sum J, max |J|
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_size = 0
+        self._spills = 0
+
+    def add(self, keys: torch.Tensor, J: torch.Tensor) -> None:
+        absJ = J.abs().double().cpu()
+        self._pending.append((keys.cpu(), torch.stack([torch.ones_like(absJ), absJ, J.double().cpu(), absJ], 1)))
+        self._pending_size += keys.numel()
+        if self._pending_size > self.max_pairs:
+            self._reduce_pending()
+
+    @staticmethod
+    def _reduce(keys: torch.Tensor, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        out = torch.zeros(len(uniq), 4, dtype=torch.float64)
+        out[:, :3].index_add_(0, inverse, stats[:, :3])
+        out[:, 3].scatter_reduce_(0, inverse, stats[:, 3], "amax")
+        return uniq, out
+
+    def _reduce_pending(self) -> None:
+        if self._pending:
+            self.keys, self.stats = self._reduce(torch.cat([self.keys] + [k for k, _ in self._pending]),
+                                                 torch.cat([self.stats] + [s for _, s in self._pending]))
+            self._pending, self._pending_size = [], 0
+        if len(self.keys) > self.max_pairs:
+            self._spill()
+
+    def _spill(self) -> None:
+        part = (self.keys % self.PARTITIONS).numpy()
+        for p in range(self.PARTITIONS):
+            sel = part == p
+            np.save(os.path.join(self.spill_dir, f"p{p:02d}_{self._spills:05d}_keys.npy"), self.keys.numpy()[sel])
+            np.save(os.path.join(self.spill_dir, f"p{p:02d}_{self._spills:05d}_stats.npy"), self.stats.numpy()[sel])
+        self._spills += 1
+        self.keys, self.stats = torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4, dtype=torch.float64)
+
+    def finish(self, keep: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The ``keep`` strongest pairs (exact sums) and the number of distinct pairs seen."""
+        self._reduce_pending()
+        if not self._spills:
+            order = torch.argsort(self.stats[:, 1], descending=True, stable=True)[:keep]
+            return self.keys[order], self.stats[order], len(self.keys)
+        self._spill()
+        best_k, best_s, distinct = torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4, dtype=torch.float64), 0
+        for p in range(self.PARTITIONS):
+            parts = [(np.load(os.path.join(self.spill_dir, f"p{p:02d}_{i:05d}_keys.npy")),
+                      np.load(os.path.join(self.spill_dir, f"p{p:02d}_{i:05d}_stats.npy"))) for i in range(self._spills)]
+            k, s = self._reduce(torch.from_numpy(np.concatenate([a for a, _ in parts])),
+                                torch.from_numpy(np.concatenate([b for _, b in parts])))
+            distinct += len(k)
+            best_k, best_s = torch.cat([best_k, k]), torch.cat([best_s, s])
+            if len(best_k) > keep:
+                top = torch.topk(best_s[:, 1], keep).indices
+                best_k, best_s = best_k[top], best_s[top]
+        order = torch.argsort(best_s[:, 1], descending=True, stable=True)
+        return best_k[order], best_s[order], distinct
+
+
+def default_out(cfg: JacobianConfig) -> str:
+    digest = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    base = re.sub(r"\.zarr$", "", os.path.basename(cfg.jsae.rstrip("/"))) or "jsae"
+    return os.path.join("runs", f"jacobian-{base}-{format_count(cfg.tokens)}-{digest}.zarr")
+
+
+def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult:
+    from jsaectl.models import pick_device
+
+    cfg.validate()
+    model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
+    cfg.thresholds = tuple(sorted(float(t) for t in cfg.thresholds))
+    scanned = min(cfg.tokens, model.acts.n_tokens)  # rows read; BOS rows among them are skipped
+    n_tokens = model.analysed_rows(scanned)
+    url = st.resolve_url(cfg.out or default_out(cfg))
+    existing = st.check_writable(url, "jacobian", cfg.identity(), overwrite=cfg.overwrite)
+    if existing is not None and existing.get("complete"):
+        reporter.note(f"{url} is already complete; showing it")
+        return load_result(url, cfg.top)
+
+    k, n = model.k, model.n_latents
+    thresholds = torch.tensor(cfg.thresholds, device=model.device)
+    counts = torch.zeros(len(cfg.thresholds), dtype=torch.float64)
+    hist = np.zeros(len(HIST_EDGES) + 1, dtype=np.int64)
+    mean_abs = 0.0
+    spill = tempfile.TemporaryDirectory(prefix="jsaectl-pairs-", dir=os.path.dirname(url) if st.is_local(url) else None)
+    pairs = _PairAccumulator(n, cfg.max_pairs, spill.name)
+    tops = {side: TopExamples(n, cfg.label_examples) for side in ("in", "out")}
+    per_token = _PerTokenWriter(n_tokens, k) if cfg.per_token else None
+    store, _ = st.prepare_output(url, "jacobian", cfg.identity(), overwrite=cfg.overwrite)
+    if per_token:
+        per_token.create(store)
+
+    reporter.note(f"Jacobians of {model.store.url} over {n_tokens:,} tokens of {model.acts.url}")
+    reporter.start("jacobian", n_tokens, "tokens")
+    began = time.perf_counter()
+    for batch in model.batches(scanned, cfg.batch_size):
+        J = batch.J  # [B, k_out, k_in]
+        absJ = J.abs()
+        counts += (absJ[..., None] > thresholds).sum((1, 2)).sum(0).double().cpu()
+        mean_abs += float(absJ.sum())
+        nonzero = absJ[absJ > 0].cpu().numpy()
+        hist += np.bincount(np.searchsorted(HIST_EDGES, nonzero), minlength=len(HIST_EDGES) + 1)
+        both = (batch.code_out.values > 0)[:, :, None] & (batch.code_in.values > 0)[:, None, :]
+        key = batch.code_in.indices[:, None, :] * n + batch.code_out.indices[:, :, None]  # [B, k_out, k_in]
+        pairs.add(key[both], J[both])
+        for side, code in (("in", batch.code_in), ("out", batch.code_out)):
+            tops[side].update_codes(code.indices.cpu(), code.values.cpu(), batch.rows.cpu())
+        if per_token:
+            per_token.write(store, batch)
+        reporter.advance(len(batch.rows))
+    elapsed = time.perf_counter() - began
+    reporter.finish()
+    keys, stats, distinct = pairs.finish(cfg.max_pairs)
+    spill.cleanup()
+
+    labels = {side: _labels(tops[side], model.acts) for side in ("in", "out")}
+    sparsity = {f"{t:g}": {"mean_count": float(c / n_tokens), "fraction": float(c / n_tokens / k**2)}
+                for t, c in zip(cfg.thresholds, counts.tolist())}
+    _write(store, keys, stats, n, n_tokens, labels, tops, hist)
+    linearity = None
+    if cfg.linearity:
+        from jsaectl.linearity import linearity_checks
+
+        reporter.note(f"linearity and ablation checks on {cfg.linearity} sampled active pairs")
+        linearity = linearity_checks(model, scanned, cfg.linearity, cfg.seed)
+    store.mark_complete(
+        jsae_store=model.store.url, acts_store=model.acts.url, n_tokens=n_tokens, k=k, n_latents=n,
+        sparsity=sparsity, tokens_per_second=n_tokens / elapsed, linearity=linearity,
+        mean_abs_j=float(mean_abs / max(1, n_tokens * k * k)), distinct_pairs=distinct, stored_pairs=len(keys),
+        model=model.store.meta.get("model"),
+        layer=model.store.meta.get("layer"), lam=model.store.meta.get("lam"),
+    )
+    return load_result(url, cfg.top)
+
+
+def _labels(tops: TopExamples, acts: Any) -> np.ndarray:
+    rows = tops.rows.numpy()
+    valid = rows >= 0
+    tokens = np.full(rows.shape, -1, dtype=np.int64)
+    if valid.any():
+        flat = np.unique(rows[valid])
+        lookup = _read_tokens(acts, flat)
+        tokens[valid] = lookup[np.searchsorted(flat, rows[valid])]
+    vocab = acts.vocab
+    return np.array([label(tokens[i], vocab) for i in range(len(tokens))], dtype=object)
+
+
+def _read_tokens(acts: Any, rows: np.ndarray) -> np.ndarray:
+    """Token ids at sorted row numbers, reading each needed chunk of the tokens array once."""
+    arr = acts.store.group["tokens"]
+    out = np.empty(len(rows), dtype=np.int64)
+    size = acts.rows_per_chunk
+    chunks = rows // size
+    for c in np.unique(chunks):
+        lo = int(c) * size
+        block = arr[lo : min(acts.n_tokens, lo + size)]
+        sel = chunks == c
+        out[sel] = block[rows[sel] - lo]
+    return out
+
+
+def _write(store: st.Store, keys: torch.Tensor, stats: torch.Tensor, n: int, n_tokens: int,
+           labels: dict[str, np.ndarray], tops: dict[str, TopExamples], hist: np.ndarray) -> None:
+    keys, stats = keys.numpy(), stats.numpy()  # strongest first
+    g = store.group.require_group("connections")
+    columns = {
+        "input": (keys // n).astype(np.int32), "output": (keys % n).astype(np.int32),
+        "count": stats[:, 0].astype(np.int64), "strength": (stats[:, 1] / n_tokens).astype(np.float32),
+        "mean_abs": (stats[:, 1] / stats[:, 0]).astype(np.float32), "max_abs": stats[:, 3].astype(np.float32),
+        "mean": (stats[:, 2] / stats[:, 0]).astype(np.float32),
+    }
+    for name, values in columns.items():
+        chunks = (min(len(values), 1 << 20) or 1,)
+        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks, overwrite=True,
+                             dimension_names=("connection",))
+        arr[...] = values
+    lat = store.group.require_group("latents")
+    for side in ("in", "out"):
+        st.write_array(lat, f"{side}_label", labels[side])
+        st.write_array(lat, f"{side}_count", tops[side].count.numpy())
+        st.write_array(lat, f"{side}_top_rows", tops[side].rows.numpy())
+        st.write_array(lat, f"{side}_top_values", tops[side].values.numpy())
+    hg = store.group.require_group("histogram")
+    st.write_array(hg, "edges", HIST_EDGES)
+    st.write_array(hg, "counts", hist)
+
+
+class _PerTokenWriter:
+    """per_token/ arrays: one row per analysed token, ``token`` giving its row in the activations store."""
+
+    def __init__(self, n_tokens: int, k: int) -> None:
+        self.n_tokens, self.k = n_tokens, k
+        self.rows_per_chunk = max(1, (1 << 20) // (k * k * 4))
+        self.cursor = 0
+
+    def create(self, store: st.Store) -> None:
+        g = store.group.require_group("per_token")
+        n, k, r = self.n_tokens, self.k, self.rows_per_chunk
+        g.create_array("J", shape=(n, k, k), chunks=(r, k, k), dtype="float32", overwrite=True,
+                       dimension_names=("token", "output", "input"))
+        for name in ("in_idx", "out_idx"):
+            g.create_array(name, shape=(n, k), chunks=(r * 8, k), dtype="int32", overwrite=True, dimension_names=("token", "slot"))
+        g.create_array("token", shape=(n,), chunks=(r * 64,), dtype="int64", overwrite=True, dimension_names=("token",))
+
+    def write(self, store: st.Store, batch: Any) -> None:
+        g = store.group["per_token"]
+        lo = self.cursor
+        hi = self.cursor = lo + len(batch.rows)
+        g["J"][lo:hi] = batch.J.cpu().numpy()
+        g["in_idx"][lo:hi] = batch.code_in.indices.cpu().numpy().astype(np.int32)
+        g["out_idx"][lo:hi] = batch.code_out.indices.cpu().numpy().astype(np.int32)
+        g["token"][lo:hi] = batch.rows.cpu().numpy()
+
+
+def load_result(url: str, top: int = 20) -> JacobianResult:
+    """Read a complete jacobian store back (for display, compare and export)."""
+    store = st.open_store(url, "jacobian")
+    meta, g = store.meta, store.group
+    conn = g["connections"]
+    m = min(top, conn["input"].shape[0])
+    cols = {name: conn[name][:m] for name in ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean")}
+    in_labels, out_labels = g["latents/in_label"], g["latents/out_label"]
+    top_list = [Connection(int(cols["input"][i]), int(cols["output"][i]), float(cols["strength"][i]), int(cols["count"][i]),
+                           float(cols["mean_abs"][i]), float(cols["max_abs"][i]), float(cols["mean"][i]),
+                           str(in_labels[int(cols["input"][i])]), str(out_labels[int(cols["output"][i])])) for i in range(m)]
+    return JacobianResult(store.url, meta["n_tokens"], meta["k"], meta["sparsity"], top_list,
+                          (g["histogram/edges"][...], g["histogram/counts"][...]), meta.get("tokens_per_second", 0.0),
+                          meta.get("linearity"), details={"mean_abs_j": meta.get("mean_abs_j")})

@@ -1,0 +1,163 @@
+"""jacobian and maxact against brute-force recomputation over the same tokens."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+from jsaectl.cli import app
+from jsaectl.jacobian import JacobianConfig, jacobian
+from jsaectl.maxact import MaxactConfig, maxact
+from jsaectl.pair import LoadedJSAE
+
+runner = CliRunner()
+N = 3000
+
+
+@pytest.fixture(scope="module")
+def brute(jsae_store):
+    """Every analysed token's J, codes and row, computed directly."""
+    model = LoadedJSAE.open(jsae_store)
+    batches = list(model.batches(N, 500))
+    return model, batches
+
+
+@pytest.fixture(scope="module")
+def jac(jsae_store, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("jac") / "jac.zarr")
+    return jacobian(JacobianConfig(jsae=jsae_store, tokens=N, per_token=True, linearity=30, out=out, batch_size=700))
+
+
+def test_sparsity_summary_counts_entries_above_each_threshold(jac, brute):
+    model, batches = brute
+    J = torch.cat([b.J for b in batches])
+    assert jac.n_tokens == len(J) == N - N // 32 - 1  # BOS rows (position 0) are skipped
+    for t, row in jac.sparsity.items():
+        expected = (J.abs() > float(t)).sum((1, 2)).double().mean().item()
+        assert row["mean_count"] == pytest.approx(expected) and row["fraction"] == pytest.approx(expected / 16)
+    counts = [row["mean_count"] for row in jac.sparsity.values()]
+    assert counts == sorted(counts, reverse=True) and counts[0] > 0
+
+
+def test_connections_are_the_aggregates_of_co_active_pairs(jac, brute):
+    model, batches = brute
+    sums: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    for b in batches:
+        for t in range(len(b.rows)):
+            for i in range(4):
+                for j in range(4):
+                    if b.code_out.values[t, i] > 0 and b.code_in.values[t, j] > 0:
+                        v = float(b.J[t, i, j])
+                        s = sums[(int(b.code_in.indices[t, j]), int(b.code_out.indices[t, i]))]
+                        s[0] += 1; s[1] += abs(v); s[2] += v; s[3] = max(s[3], abs(v))  # noqa: E702
+    g = zarr.open_group(jac.store, mode="r")["connections"]
+    strength = g["strength"][...]
+    assert len(strength) == len(sums) and (np.diff(strength) <= 0).all()
+    for n in range(0, len(strength), max(1, len(strength) // 50)):
+        c, s = (int(g["input"][n]), int(g["output"][n])), sums[(int(g["input"][n]), int(g["output"][n]))]
+        assert g["count"][n] == s[0], c
+        assert g["strength"][n] == pytest.approx(s[1] / jac.n_tokens, rel=1e-5)
+        assert g["mean"][n] == pytest.approx(s[2] / s[0], rel=1e-4, abs=1e-7)
+        assert g["max_abs"][n] == pytest.approx(s[3], rel=1e-5)
+    top = jac.top[0]
+    assert (top.input, top.output) == max(sums, key=lambda key: sums[key][1])
+    assert top.input_label and top.output_label
+
+
+def test_per_token_arrays_and_histogram(jac, brute):
+    model, batches = brute
+    g = zarr.open_group(jac.store, mode="r")
+    J = torch.cat([b.J for b in batches]).numpy()
+    np.testing.assert_allclose(g["per_token/J"][...], J, rtol=1e-6, atol=1e-8)
+    assert (g["per_token/token"][...] == torch.cat([b.rows for b in batches]).numpy()).all()
+    assert (g["per_token/out_idx"][...] == torch.cat([b.code_out.indices for b in batches]).numpy()).all()
+    assert g["histogram/counts"][...].sum() == (J != 0).sum()
+
+
+def test_linearity_checks_report_fractions(jac):
+    lin = jac.linearity
+    assert lin["pairs"] > 0 and lin["linear"] + lin["jumprelu"] + lin["other"] == pytest.approx(1)
+    assert 0.5 < lin["ablation_agree"] <= 1 and lin["ablation_checks"] > 0
+
+
+def test_spilling_to_disk_changes_nothing(jsae_store, jac, tmp_path):
+    """With room for only 200 pairs in memory the sums spill to disk many times; the strongest
+    200 pairs stored must be exactly those of the in-memory run."""
+    small = jacobian(JacobianConfig(jsae=jsae_store, tokens=N, max_pairs=200, batch_size=100, out=str(tmp_path / "s.zarr")))
+    g_all = zarr.open_group(jac.store)["connections"]
+    g_small = zarr.open_group(small.store)["connections"]
+    assert g_small["input"].shape == (200,) and g_all["input"].shape[0] > 200
+    meta_small, meta_all = (zarr.open_group(x.store).attrs["jsaectl"] for x in (small, jac))
+    assert meta_small["distinct_pairs"] == meta_all["distinct_pairs"] == g_all["input"].shape[0]
+    for name in ("input", "output", "count"):
+        assert (g_small[name][...] == g_all[name][:200]).all(), name
+    np.testing.assert_allclose(g_small["strength"][...], g_all["strength"][:200], rtol=1e-6)
+    assert not list(tmp_path.glob("jsaectl-pairs-*"))  # the spill files are gone
+
+
+def test_maxact_latent_examples_are_the_true_top_activations(jsae_store, brute):
+    model, batches = brute
+    latent = int(torch.cat([b.code_out.indices[b.code_out.values > 0] for b in batches]).mode().values)
+    result = maxact(MaxactConfig(jsae=jsae_store, side="out", latents=(latent,), examples=5, context=3, tokens=N))
+    values = torch.cat([(b.code_out.values * (b.code_out.indices == latent)).sum(1) for b in batches])
+    rows = torch.cat([b.rows for b in batches])
+    best = torch.topk(values, 5).values
+    got = [e.activation for e in result.latents[0].examples]
+    np.testing.assert_allclose(got, best.numpy(), rtol=1e-5)
+    for e in result.latents[0].examples:
+        assert e.activations[e.focus] == pytest.approx(e.activation, rel=1e-3)
+        assert values[rows == e.row].item() == pytest.approx(e.activation, rel=1e-5)
+        assert len(e.tokens) <= 7
+
+
+def test_maxact_connection_ranks_tokens_where_both_fire_by_J(jsae_store, jac):
+    c = jac.top[0]
+    result = maxact(MaxactConfig(jsae=jsae_store, connection=(c.input, c.output), examples=4, tokens=N))
+    examples = result.latents[0].examples
+    assert len(examples) == 4 and result.latents[0].count == c.count
+    assert examples[0].activation == pytest.approx(c.max_abs, rel=1e-4)
+    for e in examples:
+        assert e.extra["in_activation"] > 0 and e.extra["out_activation"] > 0
+        assert abs(e.extra["J"]) == pytest.approx(e.activation, rel=1e-4)
+
+
+def test_maxact_cli_json_and_errors(jsae_store, acts_store):
+    result = runner.invoke(app, ["maxact", jsae_store, "--top-latents", "3", "--examples", "2", "-n", "2000", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    totals = [item["count"] for item in doc["latents"]]
+    assert len(doc["latents"]) == 3 and all(len(item["examples"]) == 2 for item in doc["latents"])
+    assert set(doc["latents"][0]["examples"][0]) >= {"rank", "activation", "row", "tokens", "activations", "focus"}
+    assert totals
+    for args, message in (([jsae_store, "--latent", "999"], "out of range"), ([acts_store, "--latent", "1"], "needs a jsae store"),
+                          ([jsae_store], "exactly one of"), ([jsae_store, "--connection", "1-2"], "IN:OUT")):
+        bad = runner.invoke(app, ["maxact", *args])
+        assert bad.exit_code in (1, 2) and bad.stdout == "" and message in bad.stderr, bad.output
+
+
+def test_pipeline_ends_with_the_table_on_stderr(gpt2_dir, corpus, tmp_path):
+    py = sys.executable
+    cmd = (f"{py} -m jsaectl harvest {gpt2_dir} -l 1 -d {corpus} -n 20k -T 32 -o {tmp_path}/a.zarr"
+           f" | {py} -m jsaectl train -e 4 -k 4 -b 256 -o {tmp_path}/j.zarr"
+           f" | {py} -m jsaectl jacobian --top 5 -o {tmp_path}/c.zarr")
+    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"{tmp_path}/c.zarr"]
+    assert "top 5 connections" in proc.stderr and "Jacobian sparsity" in proc.stderr
+
+
+def test_a_failing_stage_stops_the_pipe(tmp_path):
+    py = sys.executable
+    proc = subprocess.run(f"{py} -m jsaectl train {tmp_path}/missing.zarr | {py} -m jsaectl jacobian", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert "no store at" in lines[0] and "no store arrived on stdin" in lines[1]
