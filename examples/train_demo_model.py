@@ -267,8 +267,19 @@ def save_model(model, tokenizer: PreTrainedTokenizerFast, out: Path, bos: int) -
     model.to(torch.float16).save_pretrained(out)
     model.to(torch.float32)
     tokenizer.save_pretrained(out)
+    portable_tokenizer_config(out)
     GenerationConfig(bos_token_id=bos, eos_token_id=bos, pad_token_id=bos, do_sample=True, temperature=0.8,
                      top_k=40, max_new_tokens=64).save_pretrained(out)
+
+
+def portable_tokenizer_config(out: Path) -> None:
+    """transformers 5 records the class as "TokenizersBackend", which 4.x cannot resolve; the
+    older name "PreTrainedTokenizerFast" loads the same tokenizer.json in both."""
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def generate_samples(model, tokenizer, seed: int, new_tokens: int = 40) -> dict[str, list[str]]:
@@ -439,6 +450,7 @@ def main() -> None:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         run_path.write_text(json.dumps({**state.__dict__, "args": settings}, indent=1))
         save_model(model, wrap_tokenizer(data.tokenizer, args.context), args.out, bos)
+    portable_tokenizer_config(args.out)
     ev = evaluate(args.out, data, args.context, args.seed)
     card = model_card(ev, json.loads(run_path.read_text()), data)
     (args.out / "MODEL_CARD.md").write_text(card, encoding="utf-8")

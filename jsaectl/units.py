@@ -38,4 +38,4 @@ def format_count(n: float) -> str:
             value = n / factor
             text = f"{value:.1f}".rstrip("0").rstrip(".")
             return f"{text}{suffix}"
-    return f"{n:g}"
+    return f"{n:.3g}"

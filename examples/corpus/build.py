@@ -25,7 +25,7 @@ import re
 import shutil
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import textutil

@@ -11,7 +11,7 @@ import hashlib
 import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -43,7 +43,6 @@ class Source:
     licence_fallback: tuple[str, str] | None = None
     max_bytes: int | None = None  # cap on kept text, for sources that would swamp the rest
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,0 +1,155 @@
+"""Compare JSAE runs side by side: reconstruction, CE/KL scores of splicing each SAE into
+the model, and Jacobian sparsity — one column per run.
+
+STORES are jsae stores (or jacobian stores, standing for the JSAE they were made from), as
+arguments or one per line on stdin. compare writes no store: the table goes to stdout
+(--json or --csv for scripts); --plot FILE.png draws the sparsity / CE-score trade-off.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from jsaectl.cli._common import ConfigOpt, DeviceOpt, RichReporter, err
+from jsaectl.cli.jacobian import _floats
+from jsaectl.errors import ConfigError, JsaectlError
+from jsaectl.units import parse_count
+
+_ROWS = [
+    ("reconstruction", None, None),
+    ("explained variance, input SAE", "ev_in", "{:.3f}"),
+    ("explained variance, output SAE", "ev_out", "{:.3f}"),
+    ("FVU, input SAE", "fvu_in", "{:.3f}"),
+    ("FVU, output SAE", "fvu_out", "{:.3f}"),
+    ("L0, input / output", ("l0_in", "l0_out"), "{:.1f}"),
+    ("dead latents, input / output", ("dead_in", "dead_out"), "{:.1%}"),
+    ("splicing into the model", None, None),
+    ("CE-loss score, input SAE", "ce_score_in", "{:.3f}"),
+    ("CE-loss score, output SAE", "ce_score_out", "{:.3f}"),
+    ("KL score, input SAE", "kl_score_in", "{:.3f}"),
+    ("KL score, output SAE", "kl_score_out", "{:.3f}"),
+    ("CE clean / zero-ablated", ("ce_clean", "ce_zero"), "{:.3f}"),
+    ("Jacobian", None, None),
+    ("mean |J|", "mean_abs_j", "{:.3g}"),
+]
+
+
+def _cell(values: dict, key, fmt: str) -> str:
+    keys = key if isinstance(key, tuple) else (key,)
+    parts = []
+    for k in keys:
+        v = values.get(k)
+        parts.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
+    return " / ".join(parts)
+
+
+def table(results, thresholds: tuple[float, ...]) -> Table:
+    t = Table(title="jsaectl compare", title_justify="left")
+    t.add_column("metric")
+    for r in results:
+        t.add_column(r.name, justify="right")
+    rows = list(_ROWS)
+    for th in sorted(thresholds):
+        rows.append((f"|J| > {th:g} per token (of k²)", (f"j>{th:g}", f"j>{th:g}_frac"), None))
+    for label, key, fmt in rows:
+        if key is None:
+            t.add_row(f"[bold]{label}[/]", *[""] * len(results))
+        elif fmt is None:  # count (fraction)
+            t.add_row(label, *[f"{r.values[key[0]]:.1f} ({r.values[key[1]]:.1%})" for r in results])
+        else:
+            t.add_row(label, *[_cell(r.values, key, fmt) for r in results])
+    t.add_row("tokens (reconstruction / CE)", *[f"{r.values['tokens']:,} / {int(r.values.get('eval_tokens', 0)):,}" for r in results])
+    return t
+
+
+def plot(results, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise JsaectlError("--plot needs matplotlib, which is not installed", hint="pip install 'jsaectl[plot]'") from None
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for side, marker in (("out", "o"), ("in", "s")):
+        xs = [r.values.get(f"ce_score_{side}", math.nan) for r in results]
+        ys = [r.values["j>0.01_frac"] * 100 for r in results]
+        ax.plot(xs, ys, marker=marker, linestyle="none", label=f"{side}put SAE spliced in")
+        for x, y, r in zip(xs, ys, results):
+            ax.annotate(f"λ={r.info['lam']:g}" + (" rand" if r.info.get("random_init") else ""), (x, y),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("CE-loss score (1 = as good as the real MLP)")
+    ax.set_ylabel("% of |J| > 0.01 (of k² per token)")
+    ax.set_title("Jacobian sparsity vs reconstruction quality")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def _stores(args: list[str] | None) -> tuple[str, ...]:
+    if args and args != ["-"]:
+        return tuple(args)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ConfigError("no stores given, and stdin is a terminal", hint="pass jsae stores, or pipe them in one per line")
+    lines = []
+    for line in sys.stdin:
+        line = line.strip()
+        if line.startswith("{"):
+            line = json.loads(line).get("store", "")
+        if line:
+            lines.append(line)
+    return tuple(lines)
+
+
+def compare_cmd(
+    stores: Annotated[list[str] | None, typer.Argument(help="jsae or jacobian stores; read one per line from stdin when missing.", show_default=False)] = None,
+    acts: Annotated[str | None, typer.Option("--acts", help="Evaluate every run on this activations store (held-out text). Default: each run's own.", show_default=False)] = None,
+    tokens: Annotated[str, typer.Option("--tokens", "-n", help="Tokens for reconstruction and Jacobian sparsity.")] = "50k",
+    eval_tokens: Annotated[str, typer.Option("--eval-tokens", help="Tokens for the CE/KL splice scores (0 skips loading the model).")] = "20k",
+    thresholds: Annotated[str, typer.Option("--thresholds", help="|J| thresholds, comma-separated.")] = "0.005,0.01,0.015,0.02,0.04",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Tokens per batch.")] = 1024,
+    device: DeviceOpt = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON document.")] = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print the metrics as CSV, one row per run.")] = False,
+    plot_path: Annotated[str | None, typer.Option("--plot", help="Draw the trade-off figure (needs matplotlib: pip install 'jsaectl[plot]').", show_default=False)] = None,
+    config: ConfigOpt = None,
+) -> None:
+    from jsaectl.compare import CompareConfig, compare
+
+    if json_out and csv_out:
+        raise ConfigError("--json and --csv are exclusive")
+    eval_n = 0 if eval_tokens.strip() == "0" else parse_count(eval_tokens, "--eval-tokens")
+    cfg = CompareConfig(stores=_stores(stores), acts=acts, tokens=parse_count(tokens, "--tokens"), eval_tokens=eval_n,
+                        thresholds=_floats(thresholds), batch_size=batch_size, device=device)
+    if plot_path:  # fail before minutes of work, not after
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise JsaectlError("--plot needs matplotlib, which is not installed", hint="pip install 'jsaectl[plot]'") from None
+    results, notes = compare(cfg, RichReporter())
+    for note in notes:
+        err.print(f"[yellow]note:[/] {note}")
+    if plot_path:
+        plot(results, plot_path)
+        err.print(f"trade-off plot written to {plot_path}")
+    if json_out:
+        sys.stdout.write(json.dumps([{"store": r.store, "name": r.name, **r.info, **r.values} for r in results]) + "\n")
+    elif csv_out:
+        keys = sorted({k for r in results for k in r.values})
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["store", "name", "lam", "k", "model", "layer", "random_init", *keys])
+        for r in results:
+            writer.writerow([r.store, r.name, r.info["lam"], r.info["k"], r.info["model"], r.info["layer"], r.info["random_init"],
+                             *[r.values.get(k, "") for k in keys]])
+    else:
+        Console(highlight=False).print(table(results, cfg.thresholds))

@@ -1,0 +1,244 @@
+"""Stage: the price and the payoff of Jacobian sparsity, run against run.
+
+For each JSAE (a jacobian store stands for the JSAE it was made from), on the same tokens:
+
+* reconstruction: explained variance and FVU of each SAE, L0, dead latents (never active in
+  the evaluated tokens);
+* Jacobian sparsity: mean count per token of |J| above each threshold (and over k²), mean |J|;
+* splicing each SAE into the language model, alone (jsae-method.md §3): the input SAE's x̂
+  replaces the MLP input, or the output SAE's ŷ the MLP output. CE-loss score
+  ``(CE_zero − CE_sae) / (CE_zero − CE_clean)`` with CE_zero the loss with the MLP output
+  zeroed; KL score ``(KL_zero − KL_sae) / KL_zero`` with KL from the clean next-token
+  distribution. The model is the one named in the activations store's provenance (the same
+  random re-initialisation for --random-init stores). SAEs are spliced at every position but
+  position 0 when that is a BOS token they were not trained on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jsaectl import store as st
+from jsaectl.errors import ConfigError
+from jsaectl.jacobian import DEFAULT_THRESHOLDS
+from jsaectl.pair import LoadedJSAE
+from jsaectl.progress import SILENT, Reporter
+
+
+@dataclass
+class CompareConfig:
+    stores: tuple[str, ...] = ()
+    """jsae stores, or jacobian stores made from them."""
+    acts: str | None = None
+    """Evaluate on this activations store (held-out text). None: each run's own."""
+    tokens: int = 50_000
+    """Tokens for reconstruction and Jacobian sparsity (the first ones of the store)."""
+    eval_tokens: int = 20_000
+    """Tokens (whole contexts) for the CE and KL scores; 0 skips them."""
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    batch_size: int = 1024
+    device: str = "auto"
+
+
+@dataclass
+class RunMetrics:
+    store: str
+    name: str
+    values: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_runs(stores: tuple[str, ...]) -> list[str]:
+    """jsae store URLs, in order, each once (a jacobian store counts as its JSAE)."""
+    if not stores:
+        raise ConfigError("no stores to compare", hint="give jsae (or jacobian) stores as arguments or one per line on stdin")
+    out: list[str] = []
+    for url in stores:
+        s = st.open_store(url, ("jsae", "jacobian"))
+        jsae = s.url if s.kind == "jsae" else st.resolve_url(s.meta["jsae_store"])
+        if jsae not in out:
+            out.append(jsae)
+    return out
+
+
+def _name(meta: dict[str, Any]) -> str:
+    model = meta.get("model") or {}
+    base = str(model.get("name", "?")).rstrip("/").split("/")[-1]
+    rand = " (random init)" if model.get("random_init") else ""
+    return f"{base}{rand} L{meta.get('layer')} λ={meta.get('lam'):g}"
+
+
+def _check_compatible(runs: list[LoadedJSAE], shared_acts: bool) -> list[str]:
+    notes = []
+    ks = {r.k for r in runs}
+    if len(ks) > 1:
+        notes.append(f"the runs have different k ({', '.join(map(str, sorted(ks)))}): compare the Jacobian sparsity "
+                     "as a fraction of k², not as counts")
+    sites = {(str((r.store.meta.get("model") or {}).get("name")), r.store.meta.get("layer"), r.store.meta.get("d_model")) for r in runs}
+    if shared_acts and len({s[2] for s in sites}) > 1:
+        raise ConfigError("--acts cannot serve runs of different model widths", hint="compare runs of one model and layer, or drop --acts")
+    return notes
+
+
+@torch.no_grad()
+def _reconstruction(run: LoadedJSAE, cfg: CompareConfig, thresholds: torch.Tensor) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    fired = {"in": torch.zeros(run.n_latents, dtype=torch.bool), "out": torch.zeros(run.n_latents, dtype=torch.bool)}
+    n = 0
+    for batch in run.batches(cfg.tokens, cfg.batch_size):
+        B = len(batch.rows)
+        for side, v, sae, code in (("in", batch.x, run.sae_in, batch.code_in), ("out", batch.y, run.sae_out, batch.code_out)):
+            v_hat = sae.decode(code.values, code.indices)
+            err = ((v - v_hat) ** 2).sum(-1)
+            var = ((v - v.mean(0)) ** 2).sum(-1)
+            sums[f"ev_{side}"] = sums.get(f"ev_{side}", 0.0) + float((1 - err / var.clamp_min(1e-12)).sum())
+            sums[f"err_{side}"] = sums.get(f"err_{side}", 0.0) + float(err.sum())
+            sums[f"var_{side}"] = sums.get(f"var_{side}", 0.0) + float(var.sum())
+            sums[f"l0_{side}"] = sums.get(f"l0_{side}", 0.0) + float((code.values > 0).sum())
+            fired[side][code.indices[code.values > 0].cpu()] = True
+        absJ = batch.J.abs()
+        for t, count in zip(thresholds.tolist(), (absJ[..., None] > thresholds).sum((1, 2)).sum(0).tolist()):
+            sums[f"j>{t:g}"] = sums.get(f"j>{t:g}", 0.0) + count
+        sums["abs_j"] = sums.get("abs_j", 0.0) + float(absJ.sum())
+        n += B
+    out = {}
+    for side in ("in", "out"):
+        out[f"ev_{side}"] = sums[f"ev_{side}"] / n
+        out[f"fvu_{side}"] = sums[f"err_{side}"] / sums[f"var_{side}"]
+        out[f"l0_{side}"] = sums[f"l0_{side}"] / n
+        out[f"dead_{side}"] = 1 - float(fired[side].float().mean())
+    k2 = run.k**2
+    for t in thresholds.tolist():
+        out[f"j>{t:g}"] = sums[f"j>{t:g}"] / n
+        out[f"j>{t:g}_frac"] = sums[f"j>{t:g}"] / n / k2
+    out["mean_abs_j"] = sums["abs_j"] / n / k2
+    out["tokens"] = n
+    return out
+
+
+class _Splicer:
+    """Runs the language model with layer L's MLP input or output replaced."""
+
+    def __init__(self, run: LoadedJSAE, loaded: Any, site: Any) -> None:
+        self.run, self.loaded, self.site = run, loaded, site
+        self.mode = "clean"
+        self._handles = [site.input_module.register_forward_pre_hook(self._pre, with_kwargs=True),
+                         site.output_module.register_forward_hook(self._post)]
+
+    def _keep(self, shape: torch.Size) -> torch.Tensor:
+        """Positions the SAE replaces: all but a BOS position 0 it never saw in training."""
+        mask = torch.ones(shape[:-1], dtype=torch.bool, device=self.run.device)
+        if self.run.skip_bos:
+            mask[:, 0] = False
+        return mask.unsqueeze(-1)
+
+    def _pre(self, module: Any, args: tuple, kwargs: dict) -> Any:
+        if self.mode != "sae_in" or not args:
+            return None
+        x = args[0]
+        flat = x.reshape(-1, x.shape[-1]).float()
+        code = self.run.sae_in.encode(flat)
+        x_hat = self.run.sae_in.decode(code.values, code.indices).reshape(x.shape).to(x.dtype)
+        return (torch.where(self._keep(x.shape), x_hat, x), *args[1:]), kwargs
+
+    def _post(self, module: Any, args: tuple, output: Any) -> Any:
+        y = output[0] if isinstance(output, tuple) else output
+        if self.mode == "zero":
+            new = torch.zeros_like(y)
+        elif self.mode == "sae_out":
+            flat = y.reshape(-1, y.shape[-1]).float()
+            code = self.run.sae_out.encode(flat)
+            y_hat = self.run.sae_out.decode(code.values, code.indices).reshape(y.shape).to(y.dtype)
+            new = torch.where(self._keep(y.shape), y_hat, y)
+        else:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    def logits(self, ids: torch.Tensor, mode: str) -> torch.Tensor:
+        self.mode = mode
+        try:
+            return self.loaded.model(input_ids=ids, use_cache=False).logits.float()
+        finally:
+            self.mode = "clean"
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@torch.no_grad()
+def _splice_scores(run: LoadedJSAE, cfg: CompareConfig, model_cache: dict, reporter: Reporter) -> dict[str, float]:
+    from jsaectl.models import load_model, locate_mlp
+
+    prov = run.acts.meta.get("model") or {}
+    key = (prov.get("name"), prov.get("revision"), prov.get("random_init"), prov.get("seed"), prov.get("dtype"))
+    if key not in model_cache:
+        reporter.note(f"loading {prov.get('name')}" + (" (random init)" if prov.get("random_init") else "") + " for the CE/KL scores")
+        model_cache[key] = load_model(prov["name"], revision=prov.get("revision"), dtype=prov.get("dtype") or "float32",
+                                      device=run.device, random_init=bool(prov.get("random_init")), seed=prov.get("seed") or 0)
+    loaded = model_cache[key]
+    site = locate_mlp(loaded.model, int(run.acts.meta["layer"]))
+    splicer = _Splicer(run, loaded, site)
+    T = run.acts.context_size
+    n_ctx = max(1, min(cfg.eval_tokens // T, run.acts.n_tokens // T))
+    ce = {m: 0.0 for m in ("clean", "zero", "sae_in", "sae_out")}
+    kl = {m: 0.0 for m in ("zero", "sae_in", "sae_out")}
+    count = 0
+    per_batch = max(1, cfg.batch_size // T)
+    try:
+        for c0 in range(0, n_ctx, per_batch):
+            c1 = min(n_ctx, c0 + per_batch)
+            ids = torch.from_numpy(run.acts.tokens(c0 * T, c1 * T).reshape(c1 - c0, T).astype(np.int64)).to(run.device)
+            target = ids[:, 1:].reshape(-1)
+            clean_logp = F.log_softmax(splicer.logits(ids, "clean")[:, :-1].reshape(-1, loaded.model.config.vocab_size), -1)
+            ce["clean"] += float(F.nll_loss(clean_logp, target, reduction="sum"))
+            for mode in ("zero", "sae_in", "sae_out"):
+                logp = F.log_softmax(splicer.logits(ids, mode)[:, :-1].reshape(-1, clean_logp.shape[-1]), -1)
+                ce[mode] += float(F.nll_loss(logp, target, reduction="sum"))
+                kl[mode] += float(F.kl_div(logp, clean_logp, log_target=True, reduction="sum"))
+            count += target.numel()
+    finally:
+        splicer.close()
+    ce = {m: v / count for m, v in ce.items()}
+    kl = {m: v / count for m, v in kl.items()}
+    out = {"ce_clean": ce["clean"], "ce_zero": ce["zero"], "eval_tokens": count}
+    for side in ("in", "out"):
+        out[f"ce_{side}"] = ce[f"sae_{side}"]
+        out[f"ce_score_{side}"] = (ce["zero"] - ce[f"sae_{side}"]) / (ce["zero"] - ce["clean"]) if ce["zero"] != ce["clean"] else math.nan
+        out[f"kl_{side}"] = kl[f"sae_{side}"]
+        out[f"kl_score_{side}"] = (kl["zero"] - kl[f"sae_{side}"]) / kl["zero"] if kl["zero"] > 0 else math.nan
+    return out
+
+
+def compare(cfg: CompareConfig, reporter: Reporter = SILENT) -> tuple[list[RunMetrics], list[str]]:
+    """Metrics per run (in the order given) and notes for the reader."""
+    from jsaectl.models import pick_device
+
+    device = pick_device(cfg.device)
+    urls = resolve_runs(cfg.stores)
+    runs = [LoadedJSAE.open(u, acts=cfg.acts, device=device) for u in urls]
+    notes = _check_compatible(runs, cfg.acts is not None)
+    if cfg.acts is None:
+        notes.append("evaluated on each run's own training activations (in-sample); pass --acts for held-out text")
+    thresholds = torch.tensor(sorted(cfg.thresholds), device=device)
+    model_cache: dict = {}
+    results = []
+    reporter.start("compare", len(runs), "runs")
+    for url, run in zip(urls, runs):
+        values = _reconstruction(run, cfg, thresholds)
+        if cfg.eval_tokens > 0:
+            values |= _splice_scores(run, cfg, model_cache, reporter)
+        meta = run.store.meta
+        info = {"lam": meta.get("lam"), "k": run.k, "n_latents": run.n_latents, "layer": meta.get("layer"),
+                "model": (meta.get("model") or {}).get("name"), "random_init": bool((meta.get("model") or {}).get("random_init")),
+                "acts": run.acts.url}
+        results.append(RunMetrics(url, _name(meta), values, info))
+        reporter.advance(1)
+    reporter.finish()
+    return results, notes
