@@ -1,0 +1,119 @@
+"""compare: metrics against direct recomputation, inputs from stdin, outputs for scripts, refusals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from jsaectl.cli import app
+from jsaectl.compare import CompareConfig, compare
+from jsaectl.jacobian import JacobianConfig, jacobian
+from jsaectl.models import load_model, locate_mlp
+from jsaectl.pair import LoadedJSAE
+from jsaectl.train import TrainConfig, train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def baseline(acts_store, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("b") / "lam0.zarr")
+    train(TrainConfig(acts=acts_store, expansion=4, k=4, batch_size=256, tokens=30_000, lam=0.0, out=out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(jsae_store, baseline):
+    return compare(CompareConfig(stores=(jsae_store, baseline), tokens=3000, eval_tokens=640, batch_size=512))
+
+
+def _spliced_ce(jsae: str, gpt2_dir, n_ctx: int) -> tuple[float, float, float]:
+    """Reference: CE clean, zero-ablated, and with the output SAE, by a hand-written forward hook."""
+    run = LoadedJSAE.open(jsae)
+    loaded = load_model(str(gpt2_dir))
+    mlp = locate_mlp(loaded.model, 1).output_module
+    T = run.acts.context_size
+    ids = torch.from_numpy(run.acts.tokens(0, n_ctx * T).reshape(n_ctx, T).astype(np.int64))
+    mode = {"m": None}
+
+    def hook(module, args, out):
+        if mode["m"] == "zero":
+            return torch.zeros_like(out)
+        if mode["m"] == "sae":
+            flat = out.reshape(-1, out.shape[-1])
+            dense = run.sae_out.encode_dense(flat)
+            rec = (dense @ run.sae_out.W_dec + run.sae_out.b_dec).reshape(out.shape)
+            rec[:, 0] = out[:, 0]  # position 0 (BOS) is left alone
+            return rec
+        return None
+
+    h = mlp.register_forward_hook(hook)
+    ces = []
+    with torch.no_grad():
+        for m in (None, "zero", "sae"):
+            mode["m"] = m
+            logits = loaded.model(input_ids=ids).logits
+            ces.append(float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))))
+    h.remove()
+    return tuple(ces)
+
+
+def test_splice_scores_match_a_direct_computation(results, jsae_store, gpt2_dir):
+    values = results[0][0].values
+    clean, zero, sae = _spliced_ce(jsae_store, gpt2_dir, 20)
+    assert values["ce_clean"] == pytest.approx(clean, rel=1e-5)
+    assert values["ce_zero"] == pytest.approx(zero, rel=1e-5)
+    assert values["ce_out"] == pytest.approx(sae, rel=1e-5)
+    assert values["ce_score_out"] == pytest.approx((zero - sae) / (zero - clean), rel=1e-4)
+    assert 0 <= values["kl_out"] and values["kl_score_out"] <= 1
+
+
+def test_reconstruction_and_sparsity_agree_with_the_jacobian_stage(results, jsae_store, tmp_path):
+    jac = jacobian(JacobianConfig(jsae=jsae_store, tokens=3000, out=str(tmp_path / "j.zarr")))
+    values = results[0][0].values
+    for t, row in jac.sparsity.items():
+        assert values[f"j>{t}"] == pytest.approx(row["mean_count"], rel=1e-6)
+    assert values["ev_in"] <= 1 and values["fvu_in"] > 0 and values["fvu_out"] > 0 and 0 < values["l0_in"] <= 4
+    lam0 = results[0][1].values
+    assert lam0["j>0.01"] > values["j>0.01"]  # the penalty sparsifies the Jacobian
+
+
+def test_cli_reads_stores_from_stdin_and_prints_json_and_csv(jsae_store, baseline, tmp_path):
+    jac = jacobian(JacobianConfig(jsae=baseline, tokens=1000, out=str(tmp_path / "j.zarr")))
+    stdin = f"{jsae_store}\n{jac.store}\n"  # a jacobian store stands for its JSAE
+    args = ["compare", "-n", "1000", "--eval-tokens", "0"]
+    result = runner.invoke(app, [*args, "--json"], input=stdin)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [d["store"] for d in doc] == [jsae_store, baseline] and [d["lam"] for d in doc] == [0.25, 0.0]
+    result = runner.invoke(app, [*args, "--csv"], input=stdin)
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 2 and float(rows[1]["j>0.01"]) > float(rows[0]["j>0.01"])
+    result = runner.invoke(app, [*args, jsae_store, baseline])
+    assert result.exit_code == 0 and "CE-loss score" in result.stdout and "in-sample" in result.stderr
+
+
+def test_plot_needs_matplotlib_or_draws(jsae_store, baseline, tmp_path):
+    png = tmp_path / "tradeoff.png"
+    result = runner.invoke(app, ["compare", jsae_store, baseline, "-n", "500", "--eval-tokens", "320", "--plot", str(png)])
+    if importlib.util.find_spec("matplotlib") is None:
+        assert result.exit_code == 1 and "pip install 'jsaectl[plot]'" in result.stderr and result.stdout == ""
+    else:
+        assert result.exit_code == 0 and png.stat().st_size > 1000
+
+
+def test_refusals(acts_store, jsae_store):
+    result = runner.invoke(app, ["compare", acts_store])
+    assert result.exit_code == 1 and "needs a jsae or jacobian store" in result.stderr and result.stdout == ""
+    result = runner.invoke(app, ["compare"], input="")
+    assert result.exit_code == 2 and "no stores to compare" in result.stderr
+    result = runner.invoke(app, ["compare", jsae_store, "--json", "--csv"])
+    assert result.exit_code == 2 and "exclusive" in result.stderr
