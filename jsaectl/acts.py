@@ -27,7 +27,7 @@ class Activations:
     store: st.Store
 
     @classmethod
-    def open(cls, url: str) -> "Activations":
+    def open(cls, url: str) -> Activations:
         return cls(st.open_store(url, "activations"))
 
     @property

@@ -27,7 +27,17 @@ import torch
 from jsaectl import store as st
 from jsaectl.data import check_source, describe_source, iter_contexts, iter_pieces
 from jsaectl.errors import ConfigError, DataError
-from jsaectl.models import BUNDLED_DEFAULT_LAYER, BUNDLED_MODEL
+from jsaectl.models import (
+    BUNDLED_DEFAULT_LAYER,
+    BUNDLED_MODEL,
+    LoadedModel,
+    MLPSite,
+    MLPTap,
+    check_reconstruction,
+    load_model,
+    locate_mlp,
+    pick_device,
+)
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.text import pack, token_bytes
 from jsaectl.units import format_count
@@ -248,65 +258,10 @@ def _finalize(store: st.Store, cfg: HarvestConfig, layout: _Layout, extra: dict[
     return n_tokens
 
 
-def _check_existing(cfg: HarvestConfig, url: str) -> st.Store | None:
-    """A complete store of this very config is the answer already; anything else at ``url``
-    is checked (and refused) before the model is even loaded."""
-    try:
-        existing = st.open_store(url, "activations", require_complete=False)
-    except st.StoreError:
-        return None
-    if existing.meta.get("complete") and not cfg.overwrite and not st.config_diff(existing.config, cfg.identity()):
-        return existing
-    return None
-
-
-def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
-    from jsaectl.models import MLPTap, check_reconstruction, load_model, locate_mlp, pick_device
-
-    if cfg.layer is None:
-        cfg.layer = default_layer(cfg.model)
-        if cfg.layer is None:
-            raise ConfigError(f"--layer is required for {cfg.model}", hint="e.g. --layer 3 (0-based)")
-    url = st.resolve_url(cfg.out or default_out(cfg))
-    done = _check_existing(cfg, url)
-    if done is not None:
-        reporter.note(f"{url} is already complete ({format_count(done.meta['n_tokens'])} tokens); nothing to do")
-        return HarvestResult(url, done.meta["n_tokens"], done.meta["d_model"], 0.0, True, already_complete=True)
-    # Refuse a conflicting --out now, not after minutes of model loading.
-    st.check_writable(url, "activations", cfg.identity(), overwrite=cfg.overwrite)
-
-    check_source(cfg.dataset)
-    device = pick_device(cfg.device)
-    reporter.note(f"loading {cfg.model} on {device}" + (" (random init)" if cfg.random_init else ""))
-    loaded = load_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                        dtype=cfg.model_dtype, device=device, random_init=cfg.random_init, seed=cfg.seed)
-    site = locate_mlp(loaded.model, cfg.layer)
-    _check_context_size(loaded.model, cfg.context_size)
-    d_model = site.weights.d_model
-
-    contexts = iter_contexts(iter_pieces(cfg.dataset, split=cfg.split, subset=cfg.subset, text_column=cfg.text_column),
-                             loaded.tokenizer, cfg.context_size, bos=cfg.bos)
-    layout = _layout(cfg, d_model)
-    chunks = _grouped(islice(contexts, layout.n_tokens // cfg.context_size), layout.contexts_per_chunk)
-    first = next(chunks, None)
-    if first is None:
-        raise DataError(f"{describe_source(cfg.dataset)} holds fewer than {cfg.context_size} tokens: not one context",
-                        hint="give more text, or a smaller --context-size")
-
-    tap = MLPTap(loaded.model, site)
-    probe = torch.from_numpy(np.stack(first[: cfg.batch_size])).long().to(device)
-    x, y = tap(probe, with_output=True)
-    rel_err = check_reconstruction(site, x, y, cfg.model_dtype)
-    reporter.note(f"{site.family} layer {cfg.layer}/{site.n_layers}: {site.description}; "
-                  f"d_model={d_model}, d_mlp={site.weights.d_mlp}; MLP recomputed from stored weights to {rel_err:.1e}")
-
-    store, resumed = st.prepare_output(url, "activations", cfg.identity(), overwrite=cfg.overwrite)
-    # The progress array is created last, so its presence means the setup is whole.
-    if "progress" not in store.group or "chunk_contexts" not in store.group["progress"]:
-        _write_mlp_and_vocab(store, site, loaded.tokenizer)
-    _create_arrays(store, cfg, layout, d_model)
-    extra = {
-        "d_model": d_model,
+def _store_meta(cfg: HarvestConfig, loaded: LoadedModel, site: MLPSite, layout: _Layout, rel_err: float) -> dict[str, Any]:
+    """What the store says about where its activations come from."""
+    return {
+        "d_model": site.weights.d_model,
         "d_mlp": site.weights.d_mlp,
         "context_size": cfg.context_size,
         "contexts_per_chunk": layout.contexts_per_chunk,
@@ -318,7 +273,52 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
         "data": {"source": describe_source(cfg.dataset), "bos": cfg.bos and loaded.tokenizer.bos_token_id is not None,
                  "separator_token_id": loaded.tokenizer.eos_token_id},
     }
-    store.update_meta(**{k: v for k, v in extra.items()})
+
+
+def _load(cfg: HarvestConfig, reporter: Reporter) -> tuple[LoadedModel, MLPSite, torch.device]:
+    device = pick_device(cfg.device)
+    reporter.note(f"loading {cfg.model} on {device}" + (" (random init)" if cfg.random_init else ""))
+    loaded = load_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                        dtype=cfg.model_dtype, device=device, random_init=cfg.random_init, seed=cfg.seed)
+    site = locate_mlp(loaded.model, cfg.layer)
+    _check_context_size(loaded.model, cfg.context_size)
+    return loaded, site, device
+
+
+def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
+    if cfg.layer is None:
+        cfg.layer = default_layer(cfg.model)
+        if cfg.layer is None:
+            raise ConfigError(f"--layer is required for {cfg.model}", hint="e.g. --layer 3 (0-based)")
+    url = st.resolve_url(cfg.out or default_out(cfg))
+    # A conflicting --out is refused now, not after minutes of model loading.
+    existing = st.check_writable(url, "activations", cfg.identity(), overwrite=cfg.overwrite)
+    if existing is not None and existing.get("complete"):
+        reporter.note(f"{url} is already complete ({format_count(existing['n_tokens'])} tokens); nothing to do")
+        return HarvestResult(url, existing["n_tokens"], existing["d_model"], 0.0, True, already_complete=True)
+    check_source(cfg.dataset)
+    loaded, site, device = _load(cfg, reporter)
+
+    layout = _layout(cfg, site.weights.d_model)
+    contexts = iter_contexts(iter_pieces(cfg.dataset, split=cfg.split, subset=cfg.subset, text_column=cfg.text_column),
+                             loaded.tokenizer, cfg.context_size, bos=cfg.bos)
+    chunks = _grouped(islice(contexts, layout.n_tokens // cfg.context_size), layout.contexts_per_chunk)
+    first = next(chunks, None)
+    if first is None:
+        raise DataError(f"{describe_source(cfg.dataset)} holds fewer than {cfg.context_size} tokens: not one context",
+                        hint="give more text, or a smaller --context-size")
+    tap = MLPTap(loaded.model, site)
+    x, y = tap(torch.from_numpy(np.stack(first[: cfg.batch_size])).long().to(device), with_output=True)
+    rel_err = check_reconstruction(site, x, y, cfg.model_dtype)  # refuses before anything is written
+    reporter.note(f"{site.family} layer {cfg.layer}/{site.n_layers}: {site.description}; d_model={site.weights.d_model}, "
+                  f"d_mlp={site.weights.d_mlp}; MLP recomputed from stored weights to {rel_err:.1e}")
+
+    store, resumed = st.prepare_output(url, "activations", cfg.identity(), overwrite=cfg.overwrite)
+    if "progress" not in store.group or "chunk_contexts" not in store.group["progress"]:
+        _write_mlp_and_vocab(store, site, loaded.tokenizer)  # the progress array comes last: its presence means done
+    _create_arrays(store, cfg, layout, site.weights.d_model)
+    extra = _store_meta(cfg, loaded, site, layout, rel_err)
+    store.update_meta(**extra)
 
     counts = store.group["progress/chunk_contexts"][...]
     i, n = cfg.shard
@@ -334,7 +334,7 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
     n_final = _finalize(store, cfg, layout, extra)
     if n_final is None:
         reporter.note(f"shard {i}/{n} finished; the store completes when every shard has")
-    return HarvestResult(url, n_final if n_final is not None else written, d_model,
+    return HarvestResult(url, n_final if n_final is not None else written, site.weights.d_model,
                          written / elapsed if elapsed > 0 and written else 0.0, n_final is not None, resumed=resumed)
 
 

@@ -59,12 +59,16 @@ class JacobianConfig:
     """Sample this many active pairs for the linearity and ablation checks (0: skip)."""
     label_examples: int = 20
     """Top activations per latent kept for its label."""
-    max_pairs: int = 1 << 22
+    max_pairs: int = 4_000_000
     """Pairs held in memory before spilling to disk (~40 bytes each), and the most stored."""
     seed: int = 0
     """Seed of the linearity sample."""
     include_bos: bool = False
     """Analyse the BOS token at the start of each context too (skipped by default)."""
+    input_latent: int | None = None
+    """Show only the connections from this input latent."""
+    output_latent: int | None = None
+    """Show only the connections into this output latent."""
     # --- how to run
     batch_size: int = 1024
     """Tokens per batch."""
@@ -72,7 +76,7 @@ class JacobianConfig:
     out: str | None = None
     overwrite: bool = False
 
-    _RUNTIME = ("batch_size", "device", "out", "overwrite", "top")
+    _RUNTIME = ("batch_size", "device", "out", "overwrite", "top", "input_latent", "output_latent")
 
     def validate(self) -> None:
         if self.tokens <= 0 or self.batch_size <= 0 or self.top < 0 or self.linearity < 0 or self.max_pairs <= 0:
@@ -203,7 +207,7 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
     existing = st.check_writable(url, "jacobian", cfg.identity(), overwrite=cfg.overwrite)
     if existing is not None and existing.get("complete"):
         reporter.note(f"{url} is already complete; showing it")
-        return load_result(url, cfg.top)
+        return load_result(url, cfg.top, cfg.input_latent, cfg.output_latent)
 
     k, n = model.k, model.n_latents
     thresholds = torch.tensor(cfg.thresholds, device=model.device)
@@ -258,7 +262,7 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
         model=model.store.meta.get("model"),
         layer=model.store.meta.get("layer"), lam=model.store.meta.get("lam"),
     )
-    return load_result(url, cfg.top)
+    return load_result(url, cfg.top, cfg.input_latent, cfg.output_latent)
 
 
 def _labels(tops: TopExamples, acts: Any) -> np.ndarray:
@@ -340,17 +344,32 @@ class _PerTokenWriter:
         g["token"][lo:hi] = batch.rows.cpu().numpy()
 
 
-def load_result(url: str, top: int = 20) -> JacobianResult:
-    """Read a complete jacobian store back (for display, compare and export)."""
+def load_result(url: str, top: int = 20, input_latent: int | None = None, output_latent: int | None = None) -> JacobianResult:
+    """Read a complete jacobian store back (for display, compare and export), optionally only
+    the connections from one input latent and/or into one output latent."""
     store = st.open_store(url, "jacobian")
     meta, g = store.meta, store.group
     conn = g["connections"]
-    m = min(top, conn["input"].shape[0])
-    cols = {name: conn[name][:m] for name in ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean")}
-    in_labels, out_labels = g["latents/in_label"], g["latents/out_label"]
+    for latent in (input_latent, output_latent):
+        if latent is not None and not 0 <= latent < meta["n_latents"]:
+            raise ConfigError(f"latent id {latent} is out of range: the SAEs have {meta['n_latents']} latents")
+    if input_latent is None and output_latent is None:
+        rows = np.arange(min(top, conn["input"].shape[0]))
+    else:
+        keep = np.ones(conn["input"].shape[0], dtype=bool)
+        if input_latent is not None:
+            keep &= conn["input"][...] == input_latent
+        if output_latent is not None:
+            keep &= conn["output"][...] == output_latent
+        rows = np.flatnonzero(keep)[:top]
+    cols = {name: conn[name].get_orthogonal_selection(rows) if len(rows) else np.zeros(0)
+            for name in ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean")}
+    in_labels, out_labels = g["latents/in_label"][...], g["latents/out_label"][...]
     top_list = [Connection(int(cols["input"][i]), int(cols["output"][i]), float(cols["strength"][i]), int(cols["count"][i]),
                            float(cols["mean_abs"][i]), float(cols["max_abs"][i]), float(cols["mean"][i]),
-                           str(in_labels[int(cols["input"][i])]), str(out_labels[int(cols["output"][i])])) for i in range(m)]
+                           str(in_labels[int(cols["input"][i])]), str(out_labels[int(cols["output"][i])]))
+                for i in range(len(rows))]
     return JacobianResult(store.url, meta["n_tokens"], meta["k"], meta["sparsity"], top_list,
                           (g["histogram/edges"][...], g["histogram/counts"][...]), meta.get("tokens_per_second", 0.0),
-                          meta.get("linearity"), details={"mean_abs_j": meta.get("mean_abs_j")})
+                          meta.get("linearity"), details={"mean_abs_j": meta.get("mean_abs_j"),
+                                                          "filter": {"input": input_latent, "output": output_latent}})

@@ -21,12 +21,13 @@ and one ``index_add_`` per side, chunked over tokens so memory stays bounded.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
+from collections.abc import Sequence
 
 import torch
 
 from jsaectl.mlp import MLPWeights
-from jsaectl.sae import TopKSAE
+from jsaectl.sae import Encoded, TopKSAE
 
 Tensor = torch.Tensor
 
@@ -109,9 +110,9 @@ def jacobian_l1(U_T: Tensor, Vs: Sequence[Tensor], slopes: Sequence[Tensor], idx
 
 
 class PairOutput(NamedTuple):
-    code_in: "object"
+    code_in: Encoded
     x_hat: Tensor
-    code_out: "object"
+    code_out: Encoded
     y_hat: Tensor
     jac_abs_sum: Tensor | None
     J: Tensor | None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +125,7 @@ class MLPWeights:
     def act(self) -> Activation:
         return get_activation(self.activation)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MLPWeights":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MLPWeights:
         move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         return MLPWeights(
             move(self.W_in), move(self.b_in), move(self.W_out), move(self.b_out),

@@ -51,7 +51,7 @@ class LoadedJSAE:
 
     @classmethod
     def open(cls, url: str, *, acts: str | None = None, device: torch.device | str = "cpu",
-             include_bos: bool = False) -> "LoadedJSAE":
+             include_bos: bool = False) -> LoadedJSAE:
         store = st.open_store(url, "jsae")
         acts_url = acts or store.meta["acts_store"]
         try:

@@ -148,7 +148,7 @@ class BatchStream:
             raise item
         return item
 
-    def __iter__(self) -> "BatchStream":
+    def __iter__(self) -> BatchStream:
         return self
 
     def close(self) -> None:

@@ -161,3 +161,19 @@ def test_a_failing_stage_stops_the_pipe(tmp_path):
     assert proc.returncode == 1 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert "no store at" in lines[0] and "no store arrived on stdin" in lines[1]
+
+
+def test_filtering_the_table_by_latent(jac, jsae_store):
+    from jsaectl.jacobian import load_result
+
+    c = jac.top[0]
+    into = load_result(jac.store, top=5, output_latent=c.output)
+    assert into.top[0].input == c.input and all(x.output == c.output for x in into.top)
+    assert [x.strength for x in into.top] == sorted((x.strength for x in into.top), reverse=True)
+    out_of = load_result(jac.store, top=50, input_latent=c.input)
+    assert all(x.input == c.input for x in out_of.top) and len(out_of.top) > 1
+    again = ["jacobian", jsae_store, "-n", str(N), "--per-token", "--linearity", "30", "-o", jac.store]
+    result = runner.invoke(app, [*again, "--output-latent", str(c.output), "--top", "3"])
+    assert result.exit_code == 0 and "already complete" in result.stderr and f"output latent {c.output} only" in result.stderr
+    result = runner.invoke(app, [*again, "--output-latent", "100000"])
+    assert result.exit_code == 2 and "out of range" in result.stderr and result.stdout == ""

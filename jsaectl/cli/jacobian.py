@@ -41,7 +41,9 @@ def sparsity_table(result) -> Table:
 
 
 def connections_table(result) -> Table:
-    table = Table(title=f"top {len(result.top)} connections: input latent → output latent (strength = Σ|J| / tokens)",
+    only = result.details.get("filter") or {}
+    which = "".join(f", {side} latent {only[side]} only" for side in ("input", "output") if only.get(side) is not None)
+    table = Table(title=f"top {len(result.top)} connections{which}: input latent → output latent (strength = Σ|J| / tokens)",
                   title_justify="left")
     for name, justify in (("#", "right"), ("input latent", "left"), ("", "center"), ("output latent", "left"),
                           ("strength", "right"), ("mean |J|", "right"), ("mean J", "right"), ("tokens", "right")):
@@ -86,6 +88,8 @@ def jacobian_cmd(
     acts: Annotated[str | None, typer.Option("--acts", help="Analyse this activations store (e.g. held-out text) instead of the one the JSAE was trained on.", show_default=False)] = None,
     thresholds: Annotated[str, typer.Option("--thresholds", help="|J| thresholds of the sparsity summary, comma-separated.")] = "0.005,0.01,0.015,0.02,0.04",
     top: Annotated[int, typer.Option("--top", help="Connections shown in the table.")] = 20,
+    input_latent: Annotated[int | None, typer.Option("--input-latent", help="Show only connections from this input latent (what does it compute?).", show_default=False)] = None,
+    output_latent: Annotated[int | None, typer.Option("--output-latent", help="Show only connections into this output latent (what computes it?).", show_default=False)] = None,
     per_token: Annotated[bool, typer.Option("--per-token", help="Also store every token's J [N, k, k] with its index arrays (N·k²·4 bytes).")] = False,
     linearity: Annotated[int, typer.Option("--linearity", help="Run the paper's linearity and ablation checks on N sampled active pairs (0: skip).")] = 0,
     label_examples: Annotated[int, typer.Option("--label-examples", help="Top activations per latent that its label is drawn from.")] = 20,
@@ -103,6 +107,7 @@ def jacobian_cmd(
 
     cfg = JacobianConfig(
         jsae=store_from_arg(jsae), acts=acts, tokens=parse_count(tokens, "--tokens"), thresholds=_floats(thresholds), top=top,
+        input_latent=input_latent, output_latent=output_latent,
         per_token=per_token, linearity=linearity, label_examples=label_examples, max_pairs=parse_count(max_pairs, "--max-pairs"),
         seed=seed, include_bos=include_bos, batch_size=batch_size, device=device, out=out, overwrite=overwrite,
     )
