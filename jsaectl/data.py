@@ -32,7 +32,8 @@ import numpy as np
 
 from jsaectl.errors import DataError
 
-BUNDLED_CORPUS = "jsaectl-sample"
+BUNDLED_CORPUS = "jsaectl-sample"  # the default --dataset: assets/corpus/sample.jsonl
+BUNDLED_HELDOUT = "jsaectl-heldout"  # held-out documents of the same sources: assets/corpus/heldout.jsonl
 _TEXT_SUFFIXES = (".txt", ".text", ".md")
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 _PARQUET_SUFFIXES = (".parquet",)
@@ -48,8 +49,9 @@ class Piece:
     ends_document: bool = True
 
 
-def bundled_corpus_path() -> str:
-    return str(resources.files("jsaectl") / "assets" / "corpus" / "sample.jsonl")
+def bundled_corpus_path(name: str = BUNDLED_CORPUS) -> str:
+    filename = "heldout.jsonl" if name == BUNDLED_HELDOUT else "sample.jsonl"
+    return str(resources.files("jsaectl") / "assets" / "corpus" / filename)
 
 
 def _strip_gz(path: str) -> str:
@@ -160,9 +162,11 @@ def _looks_like_local(spec: str) -> bool:
 
 def check_source(spec: str | None) -> None:
     """Fail now, before a model is loaded, for a local source that is not there."""
-    if spec in (None, BUNDLED_CORPUS) and not os.path.isfile(bundled_corpus_path()):
-        raise DataError("the bundled corpus is missing from this installation", hint="reinstall jsaectl, or pass --dataset")
-    if spec in (None, BUNDLED_CORPUS, "-"):
+    if spec in (None, BUNDLED_CORPUS, BUNDLED_HELDOUT):
+        if not os.path.isfile(bundled_corpus_path(spec or BUNDLED_CORPUS)):
+            raise DataError("the bundled corpus is missing from this installation", hint="reinstall jsaectl, or pass --dataset")
+        return
+    if spec == "-":
         return
     path = os.path.expanduser(spec)
     if not os.path.exists(path) and _looks_like_local(spec):
@@ -172,8 +176,8 @@ def check_source(spec: str | None) -> None:
 def iter_pieces(spec: str | None, *, split: str = "train", subset: str | None = None, text_column: str = "text") -> Iterator[Piece]:
     """All the text of a source, in order. ``spec``: None (the bundled corpus), ``-`` (stdin),
     a file, a folder, or a Hub dataset id."""
-    if spec is None or spec == BUNDLED_CORPUS:
-        yield from _jsonl_pieces(bundled_corpus_path(), "text")
+    if spec is None or spec in (BUNDLED_CORPUS, BUNDLED_HELDOUT):
+        yield from _jsonl_pieces(bundled_corpus_path(spec or BUNDLED_CORPUS), "text")
     elif spec == "-":
         if sys.stdin is None or sys.stdin.isatty():
             raise DataError("--dataset - reads text from stdin, but stdin is a terminal", hint="pipe text in: cat book.txt | jsaectl harvest ... --dataset -")
@@ -192,6 +196,8 @@ def iter_pieces(spec: str | None, *, split: str = "train", subset: str | None = 
 def describe_source(spec: str | None) -> str:
     if spec is None or spec == BUNDLED_CORPUS:
         return f"{BUNDLED_CORPUS} (bundled English/German sample)"
+    if spec == BUNDLED_HELDOUT:
+        return f"{BUNDLED_HELDOUT} (bundled English/German held-out sample)"
     return "stdin" if spec == "-" else spec
 
 

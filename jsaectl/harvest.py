@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from jsaectl import store as st
-from jsaectl.data import check_source, describe_source, iter_contexts, iter_pieces
+from jsaectl.data import BUNDLED_CORPUS, check_source, describe_source, iter_contexts, iter_pieces
 from jsaectl.errors import ConfigError, DataError
 from jsaectl.models import (
     BUNDLED_DEFAULT_LAYER,
@@ -94,6 +94,8 @@ class HarvestConfig:
     _RUNTIME = ("batch_size", "device", "out", "overwrite", "shard")
 
     def __post_init__(self) -> None:
+        if self.dataset is None:
+            self.dataset = BUNDLED_CORPUS
         if self.layer is not None and self.layer < 0:
             raise ConfigError(f"--layer must be >= 0, not {self.layer}")
         if self.tokens <= 0:

@@ -82,3 +82,14 @@ def test_mixture_of_experts_is_refused(model_factory, tokenizer_dir, tmp_path):
     loaded = load_model(str(path))
     with pytest.raises(ModelError, match="mixture-of-experts"):
         locate_mlp(loaded.model, 0)
+
+
+def test_stores_at_fsspec_urls(gpt2_dir, corpus, tmp_path):
+    from jsaectl.acts import Activations
+
+    for url, printed in (("memory://bucket/acts.zarr", "memory://bucket/acts.zarr"),
+                         (f"file://{tmp_path}/acts.zarr", f"{tmp_path}/acts.zarr")):
+        result = harvest(HarvestConfig(model=str(gpt2_dir), layer=1, dataset=str(corpus), tokens=2000, context_size=32, out=url))
+        assert result.store == printed and result.complete
+        acts = Activations.open(url)
+        assert acts.n_tokens == result.n_tokens and acts.rows("x", 0, 5).shape == (5, 32)

@@ -90,13 +90,14 @@ def _root(
 
 def _register() -> None:
     # Each command module is imported here; heavy libraries are imported inside the commands.
-    from jsaectl.cli import compare, harvest, jacobian, maxact, train
+    from jsaectl.cli import compare, export, harvest, jacobian, maxact, train
 
     app.command("harvest", help=harvest.__doc__)(harvest.harvest_cmd)
     app.command("train", help=train.__doc__)(train.train_cmd)
     app.command("jacobian", help=jacobian.__doc__)(jacobian.jacobian_cmd)
     app.command("maxact", help=maxact.__doc__)(maxact.maxact_cmd)
     app.command("compare", help=compare.__doc__)(compare.compare_cmd)
+    app.command("export", help=export.__doc__)(export.export_cmd)
 
 
 _register()

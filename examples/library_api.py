@@ -1,0 +1,26 @@
+"""The pipeline from Python: every stage is a function of a config dataclass.
+
+    python examples/library_api.py OUTDIR
+"""
+
+import sys
+
+from jsaectl.harvest import HarvestConfig, harvest
+from jsaectl.jacobian import JacobianConfig, jacobian
+from jsaectl.pair import LoadedJSAE
+from jsaectl.train import TrainConfig, train
+
+out = sys.argv[1] if len(sys.argv) > 1 else "runs/api"
+acts = harvest(HarvestConfig(tokens=300_000, out=f"{out}/acts.zarr"))  # the bundled model and corpus
+jsae = train(TrainConfig(acts=acts.store, expansion=16, out=f"{out}/jsae.zarr"))
+print("trained:", {k: round(v, 3) for k, v in jsae.metrics.items() if k in ("fvu_in", "fvu_out", "j_count")})
+
+result = jacobian(JacobianConfig(jsae=jsae.store, tokens=50_000, out=f"{out}/jacobian.zarr"))
+print("|J| > 0.01 per token:", result.sparsity["0.01"])
+for c in result.top[:5]:
+    print(f"{c.input:5d} {c.input_label:30s} -> {c.output:5d} {c.output_label:30s} strength {c.strength:.3g}")
+
+# Lower level: encode tokens yourself and take the Jacobian between the active latents.
+model = LoadedJSAE.open(jsae.store)
+batch = next(model.batches(n_tokens=256, batch_size=256))
+print("J of the first analysed token:", tuple(batch.J[0].shape), "rows: output latents", batch.code_out.indices[0, :5].tolist())
