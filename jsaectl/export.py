@@ -50,10 +50,13 @@ _NUMERIC = CONNECTION_COLUMNS[:7]
 # sae-lens reads a cfg.json whose metadata names no sae_lens_version >= 6 through its
 # pre-6.0 converter (which renames and drops keys); this marks the file as v6 format.
 SAELENS_FORMAT_VERSION = "6.0.0"
-# Our activations are the model's own norm output (gain and bias applied) and its MLP's raw
-# output: TransformerLens computes the same hooks only without LayerNorm folding and
-# without centring the weights that write to the residual stream.
-TL_MODEL_KWARGS = {"fold_ln": False, "center_writing_weights": False}
+# TransformerLens names of the two sites, as TransformerLens 3's TransformerBridge (which
+# runs the Hugging Face model itself, unmodified) hooks them: the MLP module's input and
+# output. Checked equal to what jsaectl harvests for GPT-2, GPT-NeoX, Llama, Gemma 2, Phi and
+# GPT-J. Not `ln2.hook_normalized` (the norm before its gain and bias), `ln2.hook_out`
+# (absent in parallel-attention blocks) or `hook_mlp_out` (after Gemma 2's post-MLP norm).
+TL_HOOK_IN = "blocks.{layer}.mlp.hook_in"
+TL_HOOK_OUT = "blocks.{layer}.mlp.hook_out"
 _ROWS_PER_BLOCK = 1 << 16
 
 
@@ -77,9 +80,10 @@ class ExportConfig:
         if not self.out:
             raise ConfigError("no output directory given", hint="pass --out DIR")
         if self.top is not None and self.format not in CONNECTION_FORMATS:
-            raise ConfigError(f"--top applies to {' and '.join(CONNECTION_FORMATS)} only, not {self.format}")
+            raise ConfigError(f"--top applies to {' and '.join(CONNECTION_FORMATS)} only, not {self.format}",
+                              hint="drop --top: weight formats always hold every latent")
         if self.top is not None and self.top <= 0:
-            raise ConfigError(f"--top must be positive, not {self.top}")
+            raise ConfigError(f"--top must be positive, not {self.top}", hint="leave it out to write every connection")
 
 
 @dataclass
@@ -194,7 +198,7 @@ class _JSAE:
     meta: dict[str, Any]
 
     @classmethod
-    def load(cls, store: st.Store) -> "_JSAE":
+    def load(cls, store: st.Store) -> _JSAE:
         return cls(store.url, load_sae(store.group["sae_in"]), load_sae(store.group["sae_out"]), store.meta)
 
     def sae(self, side: str) -> TopKSAE:
@@ -223,7 +227,7 @@ class _JSAE:
 
     def tl_hook(self, side: str) -> str:
         """TransformerLens's name of the activation each SAE reads."""
-        return f"blocks.{self.layer}.ln2.hook_normalized" if side == "in" else f"blocks.{self.layer}.hook_mlp_out"
+        return (TL_HOOK_IN if side == "in" else TL_HOOK_OUT).format(layer=self.layer)
 
     def provenance(self, side: str | None = None) -> dict[str, Any]:
         info = {"created_by": f"jsaectl {__version__}", "store": self.url, "layer": self.layer, "lam": self.meta.get("lam"),
@@ -274,8 +278,8 @@ def saelens_cfg(jsae: _JSAE, side: str) -> dict[str, Any]:
             "sae_lens_version": SAELENS_FORMAT_VERSION,
             "sae_lens_training_version": None,  # trained by jsaectl, not SAELens
             "model_name": jsae.model_name,
-            "model_class_name": "HookedTransformer",
-            "model_from_pretrained_kwargs": dict(TL_MODEL_KWARGS),
+            # The hook names are the bridge's; a HookedTransformer has no hook for x at all.
+            "model_class_name": "TransformerBridge",
             "hook_name": jsae.tl_hook(side),
             "hook_head_index": None,
             "prepend_bos": jsae.bos,
@@ -385,7 +389,7 @@ def pair_cfg(jsae: _JSAE) -> dict[str, Any]:
         "context_size": int(jsae.meta["context_size"]),
         "normalize_activations": "none",
         "neuronpedia_id": None,
-        "model_from_pretrained_kwargs": dict(TL_MODEL_KWARGS),
+        "model_from_pretrained_kwargs": {},
         "seqpos_slice": [1, None] if jsae.skipped_bos else [None],
         "normalize_sae_decoder": True,
         "use_jacobian_loss": True,
@@ -439,8 +443,7 @@ def _write_csv(store: st.Store, tmp: str, cfg: ExportConfig) -> None:
 
 def _write_jsonl(store: st.Store, tmp: str, cfg: ExportConfig) -> None:
     with open(os.path.join(tmp, "connections.jsonl"), "w", encoding="utf-8") as f:
-        for row in connection_rows(store, cfg.top):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in connection_rows(store, cfg.top))
 
 
 _WRITERS: dict[str, Callable[[st.Store, str, ExportConfig], None]] = {

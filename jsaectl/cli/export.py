@@ -35,5 +35,6 @@ def export_cmd(
     from jsaectl.export import ExportConfig, export
 
     result = export(ExportConfig(store=store_from_arg(store), format=format, out=out, top=top, overwrite=overwrite))
-    err.print(f"wrote {len(result.files)} files ({result.format}) to {result.out}", markup=False)
+    n = len(result.files)
+    err.print(f"wrote {n} file{'' if n == 1 else 's'} ({result.format}) to {result.out}", markup=False)
     emit(result.out, result.summary(), json_out)
