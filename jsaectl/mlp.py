@@ -150,6 +150,15 @@ class MLPWeights:
         h = self.act.fn(g) * z if self.gated else self.act.fn(z)
         return F.linear(h, self.W_out, self.b_out)
 
+    def forward_and_slopes(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``f(x)`` and the slopes of :meth:`slopes` as a list (``[a]`` or ``[a, c]``), sharing
+        the pre-activations."""
+        z, g = self.hidden(x)
+        if not self.gated:
+            return F.linear(self.act.fn(z), self.W_out, self.b_out), [self.act.grad(z)]
+        gate = self.act.fn(g)
+        return F.linear(gate * z, self.W_out, self.b_out), [gate, self.act.grad(g) * z]
+
     def slopes(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """The diagonal factors of df/dx = W_out · (diag(a) W_in + diag(c) W_gate).
 

@@ -82,14 +82,17 @@ class LoadedJSAE:
         return self.sae_in if side == "in" else self.sae_out
 
     @torch.no_grad()
-    def analyse(self, x: torch.Tensor, rows: torch.Tensor, with_jacobian: bool = True) -> Batch:
-        """Both codes of ``x [B, d]`` and, if asked, the Jacobian (evaluated where training did)."""
-        y = self.mlp.forward(x)
+    def analyse(self, x: torch.Tensor, rows: torch.Tensor, with_jacobian: bool = True, y: torch.Tensor | None = None) -> Batch:
+        """Both codes of ``x [B, d]`` and, if asked, the Jacobian (evaluated where training did).
+        ``y`` is the stored MLP output when the store has one (as training used it), else f(x)."""
+        y_x, slopes = self.mlp.forward_and_slopes(x)
+        y = y_x if y is None else y
         code_in, x_hat = self.sae_in(x)
         code_out, _ = self.sae_out(y)
         J = None
         if with_jacobian:
-            slopes = slopes_at(self.mlp, x_hat if self.jacobian_at == "reconstruction" else x)
+            if self.jacobian_at == "reconstruction":
+                slopes = slopes_at(self.mlp, x_hat)
             U_T, Vs = jacobian_factors(self.sae_in, self.sae_out, self.mlp)
             _, J = jacobian_l1(U_T, Vs, slopes, code_out.indices, code_in.indices, code_out.pre_values > 0)
         return Batch(rows, code_in, code_out, x, y, J)
@@ -111,10 +114,13 @@ class LoadedJSAE:
             hi = min(n_tokens, lo + batch_size)
             rows = np.arange(lo, hi)
             x = self.acts.rows("x", lo, hi)
+            y = self.acts.rows("y", lo, hi) if self.acts.has_y else None
             if self.skip_bos:
-                keep = self.acts.position(rows) != 0
-                rows, x = rows[keep], x[torch.from_numpy(keep)]
-            yield self.analyse(x.to(self.device), torch.from_numpy(rows).to(self.device), with_jacobian)
+                keep = torch.from_numpy(self.acts.position(rows) != 0)
+                rows, x = rows[keep.numpy()], x[keep]
+                y = y[keep] if y is not None else None
+            yield self.analyse(x.to(self.device), torch.from_numpy(rows).to(self.device), with_jacobian,
+                               y.to(self.device) if y is not None else None)
 
 
 def label(tokens: np.ndarray, vocab: np.ndarray, top: int = 3) -> str:

@@ -364,7 +364,7 @@ def _load_checkpoint(store: st.Store, pair: JSAEPair, opt: torch.optim.Optimizer
     return state
 
 
-def _write_result(store: st.Store, pair: JSAEPair, cfg: TrainConfig, acts: Activations) -> None:
+def _write_result(store: st.Store, pair: JSAEPair) -> None:
     for name, sae in (("sae_in", pair.sae_in), ("sae_out", pair.sae_out)):
         g = store.group.require_group(name)
         for pname in ("W_enc", "b_enc", "W_dec", "b_dec"):
@@ -400,11 +400,8 @@ class _Trainer:
         with torch.no_grad():
             if not need_slopes and y_stored is not None:
                 return y_stored, None
-            z, g = self.mlp.hidden(x)
-            act = self.mlp.act
-            y = y_stored if y_stored is not None else F.linear(act.fn(g) * z if g is not None else act.fn(z), self.mlp.W_out, self.mlp.b_out)
-            slopes = [act.grad(z)] if g is None else [act.fn(g), act.grad(g) * z]
-            return y, slopes
+            y, slopes = self.mlp.forward_and_slopes(x)
+            return (y_stored if y_stored is not None else y), (slopes if need_slopes else None)
 
     def dead(self, tokens_seen: int) -> dict[str, torch.Tensor]:
         window = self.cfg.dead_tokens
@@ -581,7 +578,7 @@ def train(cfg: TrainConfig, reporter: Reporter = SILENT) -> TrainResult:
     final = _finite({k: v for k, v in last.items() if k not in ("step", "tokens", "lr")})
     if store is not None:
         _append_history(store, pending)
-        _write_result(store, trainer.pair, cfg, acts)
+        _write_result(store, trainer.pair)
         if "checkpoint" in store.group and not cfg.keep_checkpoint:
             del store.group["checkpoint"]  # optimiser state is 3x the weights; a finished run needs none
         store.mark_complete(checkpoint_step=None, final_metrics=final, tokens_per_second=tps)

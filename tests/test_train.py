@@ -145,3 +145,20 @@ def test_a_terminal_on_stdin_fails_at_once_instead_of_waiting():
         os.close(parent), os.close(child)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "stdin is a terminal" in proc.stderr and "hint" in proc.stderr
+
+
+def test_stored_y_trains_like_recomputed_y(gpt2_dir, corpus, tmp_path):
+    """A store harvested --with-output trains on its stored y; float32 stores make that y equal
+    f(x) from the stored weights to ~1e-6, so both runs must end at (nearly) the same weights."""
+    from jsaectl.harvest import HarvestConfig, harvest
+
+    stores = {}
+    for with_y in (False, True):
+        acts = harvest(HarvestConfig(model=str(gpt2_dir), layer=1, dataset=str(corpus), tokens=8000, context_size=32,
+                                     dtype="float32", with_output=with_y, out=str(tmp_path / f"a{with_y}.zarr"))).store
+        stores[with_y] = train(TrainConfig(acts=acts, expansion=4, k=4, batch_size=256, tokens=4096,
+                                           out=str(tmp_path / f"j{with_y}.zarr"))).store
+    a, b = _weights(stores[False]), _weights(stores[True])
+    assert zarr.open_group(str(tmp_path / "aTrue.zarr"))["y"].shape[0] > 0
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-5, err_msg=name)
