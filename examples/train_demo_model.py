@@ -316,6 +316,15 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
+def heldout_mix(corpus: Path) -> str:
+    """Which sources the held-out text comes from, e.g. 'en: kjv 120,000, ...; de: ...'."""
+    size: dict[str, dict[str, int]] = {lang: {} for lang in LANGS}
+    for doc in read_jsonl(corpus / "heldout.jsonl"):
+        size[doc["lang"]][doc["source"]] = size[doc["lang"]].get(doc["source"], 0) + len(doc["text"].encode())
+    return "; ".join(f"{lang}: " + ", ".join(f"{s} {n:,}" for s, n in sorted(by.items(), key=lambda kv: -kv[1]))
+                     for lang, by in size.items())
+
+
 def model_card(ev: dict, run: dict, data: Data) -> str:
     """Markdown card; training settings come from the run record so --eval-only reproduces them."""
     args = argparse.Namespace(**run["args"])
@@ -376,6 +385,10 @@ train split with add-one smoothing, on the same tokens.
 | language | model | unigram | improvement | tokens scored |
 |---|---:|---:|---:|---:|
 {rows}
+
+Held-out documents (bytes) per source: {heldout_mix(Path(args.corpus))}. The two languages' held-out
+sets differ in make-up (whole units are held out), so compare each row with its own baseline
+rather than English with German.
 
 Held-out probe during training (first 64 held-out windows per language):
 
