@@ -13,10 +13,11 @@ Computed as the reference code does, through two per-step products
 
     U_T = W_enc_y^T · W_out      [n, m]        V = W_dec_x · W_in^T (and W_dec_x · W_gate^T)   [n, m]
 
-so ``J_b = (U_T[A_y] ⊙ a_b) · V[A_x]^T``, but with a hand-written backward: autograd's
+so ``J_b = (U_T[A_y] ⊙ a_b) · V[A_x]^T``, but with a hand-written gradient: autograd's
 backward through the per-token gathers of ``U_T`` and ``V`` rows is where the published
-method spends most of its time. Here the backward is ``sign(J)``-weighted batched matmuls
-and one ``index_add_`` per side, chunked over tokens so memory stays bounded.
+method spends most of its time. Here the gradient is ``sign(J)``-weighted batched matmuls
+and one accumulating scatter per side, computed chunk by chunk in the same pass as J (the
+work is memory-bound: each chunk's gathered rows are reused while still in cache).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from jsaectl.sae import Encoded, TopKSAE
 
 Tensor = torch.Tensor
 
-# Tokens per chunk of the per-token contraction: bounds the gathered [chunk, k, m] blocks.
-DEFAULT_CHUNK_ELEMENTS = 1 << 23
+# Tokens per chunk of the per-token contraction. Small on purpose: a chunk's gathered blocks
+# ([chunk, k, m] each) then stay in the CPU's cache between the forward product and the
+# gradient products that reuse them, instead of round-tripping through memory.
+CHUNK_BYTES = 8 << 20
 
 
-def _chunk_tokens(k: int, m: int, elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
-    return max(1, elements // (k * m))
+def _chunk_tokens(k: int, m: int, budget: int = CHUNK_BYTES) -> int:
+    return max(1, budget // (k * m * 4))
 
 
 class _JacobianL1(torch.autograd.Function):
@@ -44,52 +47,60 @@ class _JacobianL1(torch.autograd.Function):
 
     ``J_b = Σ_t (U_T[idx_y_b] ⊙ s_t[b]) · V_t[idx_x_b]^T``, rows masked by ``mask_y``.
     Only Σ|J| is differentiable; J comes back detached for metrics.
+
+    The gradient of Σ|J| is sign(J) times the upstream scalar, so it is computed here, in the
+    same pass over each chunk as J itself (``eager_grad``), while the chunk's gathered rows are
+    still in cache; ``backward`` only scales it. Nothing of size [B, k, m] is ever stored.
     """
 
     @staticmethod
     def forward(ctx, U_T: Tensor, idx_y: Tensor, idx_x: Tensor, mask_y: Tensor, chunk: int, n_terms: int,
-                *vs_and_slopes: Tensor) -> tuple[Tensor, Tensor]:
+                eager_grad: bool, *vs_and_slopes: Tensor) -> tuple[Tensor, Tensor]:
         Vs, slopes = vs_and_slopes[:n_terms], vs_and_slopes[n_terms:]
+        need = ctx.needs_input_grad
+        want_U = eager_grad and need[0]
+        want_V = [eager_grad and need[7 + i] for i in range(n_terms)]
+        want_s = [eager_grad and need[7 + n_terms + i] for i in range(n_terms)]
+        dU = torch.zeros_like(U_T) if want_U else None
+        dVs = [torch.zeros_like(V) if w else None for V, w in zip(Vs, want_V)]
+        dss = [torch.zeros_like(s) if w else None for s, w in zip(slopes, want_s)]
         B, k_out = idx_y.shape
         J = torch.empty(B, k_out, idx_x.shape[1], dtype=U_T.dtype, device=U_T.device)
         for lo in range(0, B, chunk):
             hi = min(B, lo + chunk)
-            Ug = U_T[idx_y[lo:hi]]  # [c, k_out, m]
-            Jc = sum(torch.bmm(Ug * s[lo:hi, None, :], V[idx_x[lo:hi]].transpose(1, 2)) for V, s in zip(Vs, slopes))
-            J[lo:hi] = Jc * mask_y[lo:hi, :, None]
-        ctx.save_for_backward(U_T, idx_y, idx_x, J, *Vs, *slopes)
-        ctx.chunk, ctx.n_terms = chunk, n_terms
+            iy, ix = idx_y[lo:hi], idx_x[lo:hi]
+            Ug = U_T[iy]  # [c, k_out, m]
+            Vg = [V[ix] for V in Vs]  # [c, k_in, m] each
+            Vsg = [v * s[lo:hi, None, :] for v, s in zip(Vg, slopes)]  # V rows scaled by the MLP's slopes
+            Jc = torch.bmm(Ug, Vsg[0].transpose(1, 2))
+            for v in Vsg[1:]:
+                Jc.baddbmm_(Ug, v.transpose(1, 2))
+            Jc *= mask_y[lo:hi, :, None]
+            J[lo:hi] = Jc
+            if not eager_grad:
+                continue
+            G = torch.sign(Jc)  # d|J|/dJ; masked rows are 0
+            if want_U:  # dU rows: G · (V ⊙ s)
+                dUg = torch.bmm(G, Vsg[0])
+                for v in Vsg[1:]:
+                    dUg.baddbmm_(G, v)
+                dU.index_add_(0, iy.reshape(-1), dUg.reshape(-1, dUg.shape[-1]))
+            for i, s in enumerate(slopes):
+                if want_V[i]:  # dV rows: (G^T · U) ⊙ s
+                    dVs[i].index_add_(0, ix.reshape(-1), (torch.bmm(G.transpose(1, 2), Ug) * s[lo:hi, None, :]).reshape(-1, Ug.shape[-1]))
+                if want_s[i]:  # ds_h = Σ_ij G_ij U_ih V_jh
+                    dss[i][lo:hi] = (torch.bmm(G, Vg[i]) * Ug).sum(1)
+        ctx.grads = (dU, dVs, dss)
         ctx.mark_non_differentiable(J)
         return J.abs().sum(), J
 
     @staticmethod
     def backward(ctx, grad_sum: Tensor, _grad_J: Tensor) -> tuple:
-        U_T, idx_y, idx_x, J, *rest = ctx.saved_tensors
-        t = ctx.n_terms
-        Vs, slopes = rest[:t], rest[t:]
-        want_U = ctx.needs_input_grad[0]
-        want_V = [ctx.needs_input_grad[6 + i] for i in range(t)]
-        want_s = [ctx.needs_input_grad[6 + t + i] for i in range(t)]
-        dU = torch.zeros_like(U_T) if want_U else None
-        dVs = [torch.zeros_like(V) if w else None for V, w in zip(Vs, want_V)]
-        dss = [torch.zeros_like(s) if w else None for s, w in zip(slopes, want_s)]
-        for lo in range(0, J.shape[0], ctx.chunk):
-            hi = min(J.shape[0], lo + ctx.chunk)
-            G = torch.sign(J[lo:hi]) * grad_sum  # [c, k_out, k_in]; masked rows are 0 already
-            iy, ix = idx_y[lo:hi], idx_x[lo:hi]
-            Ug = U_T[iy]  # [c, k_out, m]
-            dUg = None
-            for i, (V, s) in enumerate(zip(Vs, slopes)):
-                Vs_g = V[ix] * s[lo:hi, None, :]  # [c, k_in, m]: V rows scaled by the slopes
-                if want_U:  # dUg = G · (V ⊙ s)
-                    dUg = torch.bmm(G, Vs_g) if dUg is None else dUg.baddbmm_(G, Vs_g)
-                if want_V[i]:  # dV = (G^T · U) ⊙ s
-                    dVs[i].index_put_((ix,), torch.bmm(G.transpose(1, 2), Ug) * s[lo:hi, None, :], accumulate=True)
-                if want_s[i]:  # ds_h = Σ_ij G_ij U_ih V_jh
-                    dss[i][lo:hi] = (torch.bmm(G, V[ix]) * Ug).sum(1)
-            if want_U:
-                dU.index_put_((iy,), dUg, accumulate=True)
-        return (dU, None, None, None, None, None, *dVs, *dss)
+        dU, dVs, dss = ctx.grads
+        if dU is None and all(d is None for d in dVs + dss) and any(ctx.needs_input_grad):
+            raise RuntimeError("jacobian_l1 was called without eager_grad, so it cannot be differentiated")
+        scale = lambda t: None if t is None else t * grad_sum  # noqa: E731
+        return (scale(dU), None, None, None, None, None, None, *map(scale, dVs), *map(scale, dss))
 
 
 def jacobian_factors(sae_in: TopKSAE, sae_out: TopKSAE, mlp: MLPWeights) -> tuple[Tensor, list[Tensor]]:
@@ -106,7 +117,8 @@ def jacobian_l1(U_T: Tensor, Vs: Sequence[Tensor], slopes: Sequence[Tensor], idx
                 mask_y: Tensor, chunk: int | None = None) -> tuple[Tensor, Tensor]:
     """``(Σ_b Σ_ij |J_b[i, j]|, J [B, k_out, k_in])``; the sum is differentiable."""
     chunk = chunk or _chunk_tokens(idx_y.shape[1], U_T.shape[1])
-    return _JacobianL1.apply(U_T, idx_y, idx_x, mask_y.to(U_T.dtype), chunk, len(Vs), *Vs, *slopes)
+    eager_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (U_T, *Vs, *slopes))
+    return _JacobianL1.apply(U_T, idx_y, idx_x, mask_y.to(U_T.dtype), chunk, len(Vs), eager_grad, *Vs, *slopes)
 
 
 class PairOutput(NamedTuple):
