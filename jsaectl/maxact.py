@@ -162,12 +162,11 @@ def _scan_latents(cfg: MaxactConfig, model: LoadedJSAE, n_tokens: int, reporter:
     slot[tracked] = torch.arange(len(tracked))
     tops = TopExamples(len(tracked), cfg.examples)
     reporter.start("maxact", model.analysed_rows(n_tokens), "tokens")
-    for batch in model.batches(n_tokens, cfg.batch_size, with_jacobian=False):
-        code = batch.code_in if cfg.side == "in" else batch.code_out
+    for rows, code in model.codes(cfg.side, n_tokens, cfg.batch_size):
         idx, val = code.indices.cpu(), code.values.cpu()
         where = (val > 0) & (slot[idx] >= 0)
-        tops.update(slot[idx[where]], val[where], batch.rows.cpu()[:, None].expand_as(idx)[where])
-        reporter.advance(len(batch.rows))
+        tops.update(slot[idx[where]], val[where], rows.cpu()[:, None].expand_as(idx)[where])
+        reporter.advance(len(rows))
     reporter.finish()
     order = range(len(tracked))
     if cfg.top_latents:

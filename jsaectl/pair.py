@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -70,6 +71,12 @@ class LoadedJSAE:
         return cls(store, activations, sae_in, sae_out, activations.mlp(device), device,
                    store.meta["config"].get("jacobian_at", "x"), include_bos)
 
+    @cached_property
+    def _factors(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """U_T and V of jsae.py: fixed for a trained JSAE, so computed once, not per batch."""
+        with torch.no_grad():
+            return jacobian_factors(self.sae_in, self.sae_out, self.mlp)
+
     @property
     def k(self) -> int:
         return self.sae_in.k
@@ -93,7 +100,7 @@ class LoadedJSAE:
         if with_jacobian:
             if self.jacobian_at == "reconstruction":
                 slopes = slopes_at(self.mlp, x_hat)
-            U_T, Vs = jacobian_factors(self.sae_in, self.sae_out, self.mlp)
+            U_T, Vs = self._factors
             _, J = jacobian_l1(U_T, Vs, slopes, code_out.indices, code_in.indices, code_out.pre_values > 0)
         return Batch(rows, code_in, code_out, x, y, J)
 
@@ -106,9 +113,9 @@ class LoadedJSAE:
         n_tokens = min(n_tokens, self.acts.n_tokens)
         return n_tokens - -(-n_tokens // self.acts.context_size) if self.skip_bos else n_tokens
 
-    def batches(self, n_tokens: int, batch_size: int, with_jacobian: bool = True) -> Iterator[Batch]:
-        """The first ``n_tokens`` rows of the activations store, in order (without the BOS rows
-        unless ``include_bos``)."""
+    def _rows(self, n_tokens: int, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
+        """(rows, x, stored y or None) for the first ``n_tokens`` rows, without the BOS rows
+        unless ``include_bos``, on the device."""
         n_tokens = min(n_tokens, self.acts.n_tokens)
         for lo in range(0, n_tokens, batch_size):
             hi = min(n_tokens, lo + batch_size)
@@ -119,8 +126,21 @@ class LoadedJSAE:
                 keep = torch.from_numpy(self.acts.position(rows) != 0)
                 rows, x = rows[keep.numpy()], x[keep]
                 y = y[keep] if y is not None else None
-            yield self.analyse(x.to(self.device), torch.from_numpy(rows).to(self.device), with_jacobian,
-                               y.to(self.device) if y is not None else None)
+            yield rows, x.to(self.device), (y.to(self.device) if y is not None else None)
+
+    def batches(self, n_tokens: int, batch_size: int, with_jacobian: bool = True) -> Iterator[Batch]:
+        """Both codes (and J) of the first ``n_tokens`` rows of the activations store, in order."""
+        for rows, x, y in self._rows(n_tokens, batch_size):
+            yield self.analyse(x, torch.from_numpy(rows).to(self.device), with_jacobian, y)
+
+    @torch.no_grad()
+    def codes(self, side: str, n_tokens: int, batch_size: int) -> Iterator[tuple[torch.Tensor, Encoded]]:
+        """``(rows, code)`` of one SAE only: the cheap path when the other SAE and J are not needed."""
+        sae = self.sae(side)
+        for rows, x, y in self._rows(n_tokens, batch_size):
+            if side == "out":
+                x = y if y is not None else self.mlp.forward(x)
+            yield torch.from_numpy(rows).to(self.device), sae.encode(x)
 
 
 def label(tokens: np.ndarray, vocab: np.ndarray, top: int = 3) -> str:
