@@ -120,7 +120,9 @@ data set: {len(sample):,} documents, {lang_bytes['en']:,} bytes of English and {
 `{{"text": ..., "lang": "en"|"de", "source": <source id>, "register": <kind of text>}}`.
 
 It is drawn only from the **train** split of the full corpus (the full corpus's held-out split,
-used to evaluate the demo model, is not in it). Documents are runs of consecutive paragraphs
+used to evaluate the demo model, is not in it). Beside it, `heldout.jsonl` (jsaectl's
+`--dataset jsaectl-heldout`) is drawn the same way from the **held-out** split, for evaluating
+on text neither the demo model nor an SAE trained on the sample has seen. Documents are runs of consecutive paragraphs
 (at most 4,000 characters) from one man page, help page, chapter, fortune file etc., cleaned of
 markup and filtered paragraph by paragraph for language. They appear in a fixed pseudo-random
 order that alternates between the languages by bytes, so any prefix mixes English and German.
@@ -165,8 +167,11 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, required=True,
                         help="full corpus directory written by build_corpus.sh (train.jsonl, sources.json)")
     parser.add_argument("--out", type=Path, required=True, help="directory for sample.jsonl and SOURCES.md")
-    parser.add_argument("--max-bytes", type=int, default=2_950_000,
-                        help="size budget of sample.jsonl on disk (the package allows at most 3,000,000)")
+    parser.add_argument("--max-bytes", type=int, default=2_700_000,
+                        help="size budget of sample.jsonl on disk (with heldout.jsonl at most 3,000,000)")
+    parser.add_argument("--heldout-bytes", type=int, default=250_000,
+                        help="size budget of heldout.jsonl, drawn the same way from the held-out split "
+                             "(jsaectl's --dataset jsaectl-heldout, for evaluation on unseen text)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the interleaving shuffle")
     args = parser.parse_args()
 
@@ -177,13 +182,19 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "sample.jsonl", "w", encoding="utf-8") as f:
         f.writelines(line_of(doc) for doc in sample)
+    with open(args.corpus / "heldout.jsonl", encoding="utf-8") as f:
+        heldout = interleave(select([json.loads(line) for line in f], args.heldout_bytes), args.seed)
+    with open(args.out / "heldout.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(line_of(doc) for doc in heldout)
     corpus_cmd = "examples/corpus/build_corpus.sh /tmp/jsaectl-corpus"
     sample_cmd = f"python3 examples/corpus/make_sample.py --corpus /tmp/jsaectl-corpus --out {args.out}"
-    if args.max_bytes != 2_950_000 or args.seed != 0:
-        sample_cmd += f" --max-bytes {args.max_bytes} --seed {args.seed}"
+    if args.max_bytes != 2_700_000 or args.heldout_bytes != 250_000 or args.seed != 0:
+        sample_cmd += f" --max-bytes {args.max_bytes} --heldout-bytes {args.heldout_bytes} --seed {args.seed}"
     (args.out / "SOURCES.md").write_text(sources_md(sample, table, corpus_cmd, sample_cmd), encoding="utf-8")
     size = (args.out / "sample.jsonl").stat().st_size
     print(f"{args.out / 'sample.jsonl'}: {len(sample)} documents, {size:,} bytes")
+    size = (args.out / "heldout.jsonl").stat().st_size
+    print(f"{args.out / 'heldout.jsonl'}: {len(heldout)} documents, {size:,} bytes")
 
 
 if __name__ == "__main__":
