@@ -13,7 +13,8 @@ and over the same tokens, in one run:
   jacobian         both SAEs, y = f(x), J for every token, connections, labels
 
 Target (issue #5): maxact within 2x of the bare encoder matmul.
-Measured figures: see README.md, "Performance".
+Measured on the 2-core CPU development machine (2026-11-25, torch 2.13.0 CPU, 2 threads), full shape:
+  bare matmul 8,967 tokens/s; bare + read 8,467; maxact 6,563 (1.37x the bare matmul's time); jacobian 1,897.
 """
 
 from __future__ import annotations
