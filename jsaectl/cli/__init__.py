@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Annotated, Any
@@ -40,13 +41,9 @@ class _Boundary(TyperGroup):
         except typer.Abort:
             code = _fail("interrupted", None, 130)
         except typer.exceptions.TyperException as e:  # usage errors from the vendored click
-            if type(e).__name__ == "NoArgsIsHelpError":
-                sys.stderr.write(e.format_message() + "\n")
-                code = 2
-            else:
-                ctx = getattr(e, "ctx", None)
-                hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `jsaectl --help`"
-                code = _fail(e.format_message(), hint, getattr(e, "exit_code", 2))
+            ctx = getattr(e, "ctx", None)
+            hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `jsaectl --help`"
+            code = _fail(e.format_message(), hint, getattr(e, "exit_code", 2))
         except KeyboardInterrupt:
             code = _fail("interrupted", "run the same command again to resume", 130)
         except BrokenPipeError:
@@ -68,7 +65,6 @@ app = typer.Typer(
     help="Jacobian sparse autoencoders: which input features of a transformer MLP compute which output features.\n\n"
     "Each stage reads a store and prints the URL of the store it writes, so stages pipe:\n\n"
     "    jsaectl harvest | jsaectl train | jsaectl jacobian",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -81,11 +77,16 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_version)] = False,
 ) -> None:
     """Jacobian sparse autoencoders from the command line."""
+    if ctx.invoked_subcommand is None:  # `jsaectl` alone: help on stderr (stdout stays for data), exit 2
+        with contextlib.redirect_stdout(sys.stderr):
+            sys.stdout.write(ctx.get_help() + "\n")
+        raise typer.Exit(2)
 
 
 def _register() -> None:
