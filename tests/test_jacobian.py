@@ -177,3 +177,14 @@ def test_filtering_the_table_by_latent(jac, jsae_store):
     assert result.exit_code == 0 and "already complete" in result.stderr and f"output latent {c.output} only" in result.stderr
     result = runner.invoke(app, [*again, "--output-latent", "100000"])
     assert result.exit_code == 2 and "out of range" in result.stderr and result.stdout == ""
+
+
+def test_linearity_classifier_on_known_curves():
+    from jsaectl.linearity import classify
+
+    t = np.linspace(0, 5, 100)
+    assert classify(t, 0.3 * t + 1) == "linear"
+    assert classify(t, np.maximum(0, t - 2)) == "jumprelu"
+    assert classify(t, np.maximum(0, 2 - t)) == "jumprelu"
+    assert classify(t, np.sin(3 * t)) == "other"
+    assert classify(t, np.where((t > 1) & (t < 3), t, 0.0)) == "other"  # two zero regions
