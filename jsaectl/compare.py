@@ -4,7 +4,8 @@ For each JSAE (a jacobian store stands for the JSAE it was made from), on the sa
 
 * reconstruction: explained variance and FVU of each SAE, L0, dead latents (never active in
   the evaluated tokens);
-* Jacobian sparsity: mean count per token of |J| above each threshold (and over k²), mean |J|;
+* Jacobian sparsity: mean count per token of |J| above each threshold (and over k²), mean |J|,
+  and the scale-free count of entries holding 90% of Σ|J|;
 * splicing each SAE into the language model, alone (jsae-method.md §3): the input SAE's x̂
   replaces the MLP input, or the output SAE's ŷ the MLP output. CE-loss score
   ``(CE_zero − CE_sae) / (CE_zero − CE_clean)`` with CE_zero the loss with the MLP output
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from jsaectl import store as st
 from jsaectl.errors import ConfigError
 from jsaectl.jacobian import DEFAULT_THRESHOLDS
+from jsaectl.jsae import mass_count
 from jsaectl.pair import LoadedJSAE
 from jsaectl.progress import SILENT, Reporter
 
@@ -106,6 +108,7 @@ def _reconstruction(run: LoadedJSAE, cfg: CompareConfig, thresholds: torch.Tenso
         for t, count in zip(thresholds.tolist(), (absJ[..., None] > thresholds).sum((1, 2)).sum(0).tolist()):
             sums[f"j>{t:g}"] = sums.get(f"j>{t:g}", 0.0) + count
         sums["abs_j"] = sums.get("abs_j", 0.0) + float(absJ.sum())
+        sums["mass90"] = sums.get("mass90", 0.0) + float(mass_count(batch.J).sum())
         n += B
     out = {}
     for side in ("in", "out"):
@@ -118,6 +121,8 @@ def _reconstruction(run: LoadedJSAE, cfg: CompareConfig, thresholds: torch.Tenso
         out[f"j>{t:g}"] = sums[f"j>{t:g}"] / n
         out[f"j>{t:g}_frac"] = sums[f"j>{t:g}"] / n / k2
     out["mean_abs_j"] = sums["abs_j"] / n / k2
+    out["j_mass90"] = sums["mass90"] / n
+    out["j_mass90_frac"] = sums["mass90"] / n / k2
     out["tokens"] = n
     return out
 

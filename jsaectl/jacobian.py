@@ -4,7 +4,9 @@ For each analysed token the closed-form Jacobian ``J [k_out, k_in]`` between the
 latents of the two SAEs is computed (evaluated where training evaluated it). From it:
 
 * sparsity as the paper reports it: per token, the count of |J| above each threshold,
-  averaged over tokens, and as a fraction of the k² entries;
+  averaged over tokens, and as a fraction of the k² entries; and a scale-free count, the
+  entries that hold 90% of Σ|J| (``mass90``), which only falls when the Jacobian's mass
+  concentrates, not when all of it shrinks;
 * connections: per (input latent, output latent) pair over the tokens where both are active
   (activation > 0): tokens co-active, mean |J|, max |J|, mean signed J. Their *strength* is
   the sum of |J| over the analysed tokens divided by their number (how much of the typical
@@ -32,6 +34,7 @@ import torch
 
 from jsaectl import store as st
 from jsaectl.errors import ConfigError
+from jsaectl.jsae import mass_count
 from jsaectl.pair import LoadedJSAE, label
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.topk import TopExamples
@@ -213,7 +216,7 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
     thresholds = torch.tensor(cfg.thresholds, device=model.device)
     counts = torch.zeros(len(cfg.thresholds), dtype=torch.float64)
     hist = np.zeros(len(HIST_EDGES) + 1, dtype=np.int64)
-    mean_abs = 0.0
+    mean_abs = mass90 = 0.0
     spill = tempfile.TemporaryDirectory(prefix="jsaectl-pairs-", dir=os.path.dirname(url) if st.is_local(url) else None)
     pairs = _PairAccumulator(n, cfg.max_pairs, spill.name)
     tops = {side: TopExamples(n, cfg.label_examples) for side in ("in", "out")}
@@ -230,6 +233,7 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
         absJ = J.abs()
         counts += (absJ[..., None] > thresholds).sum((1, 2)).sum(0).double().cpu()
         mean_abs += float(absJ.sum())
+        mass90 += float(mass_count(J).sum())
         nonzero = absJ[absJ > 0].cpu().numpy()
         hist += np.bincount(np.searchsorted(HIST_EDGES, nonzero), minlength=len(HIST_EDGES) + 1)
         both = (batch.code_out.values > 0)[:, :, None] & (batch.code_in.values > 0)[:, None, :]
@@ -248,6 +252,7 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
     labels = {side: _labels(tops[side], model.acts) for side in ("in", "out")}
     sparsity = {f"{t:g}": {"mean_count": float(c / n_tokens), "fraction": float(c / n_tokens / k**2)}
                 for t, c in zip(cfg.thresholds, counts.tolist())}
+    sparsity["mass90"] = {"mean_count": mass90 / n_tokens, "fraction": mass90 / n_tokens / k**2}
     _write(store, keys, stats, n, n_tokens, labels, tops, hist)
     linearity = None
     if cfg.linearity:

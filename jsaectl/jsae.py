@@ -121,6 +121,20 @@ def jacobian_l1(U_T: Tensor, Vs: Sequence[Tensor], slopes: Sequence[Tensor], idx
     return _JacobianL1.apply(U_T, idx_y, idx_x, mask_y.to(U_T.dtype), chunk, len(Vs), eager_grad, *Vs, *slopes)
 
 
+def mass_count(J: Tensor, share: float = 0.9) -> Tensor:
+    """Per token, how many of the largest |J| entries hold ``share`` of Σ|J|  ``[B]``.
+
+    A scale-free sparsity measure: the paper's counts of |J| above fixed thresholds also fall
+    when the whole Jacobian just gets smaller; this one falls only when its mass concentrates
+    in fewer entries. Tokens whose J is all zero count 0.
+    """
+    flat = J.abs().flatten(1)
+    sorted_, _ = flat.sort(1, descending=True)
+    total = sorted_.sum(1, keepdim=True)
+    below = (sorted_.cumsum(1) < share * total).sum(1)
+    return torch.where(total.squeeze(1) > 0, below + 1, torch.zeros_like(below))
+
+
 class PairOutput(NamedTuple):
     code_in: Encoded
     x_hat: Tensor

@@ -40,11 +40,16 @@ def test_sparsity_summary_counts_entries_above_each_threshold(jac, brute):
     model, batches = brute
     J = torch.cat([b.J for b in batches])
     assert jac.n_tokens == len(J) == N - N // 32 - 1  # BOS rows (position 0) are skipped
-    for t, row in jac.sparsity.items():
+    thresholds = {t: row for t, row in jac.sparsity.items() if t != "mass90"}
+    for t, row in thresholds.items():
         expected = (J.abs() > float(t)).sum((1, 2)).double().mean().item()
         assert row["mean_count"] == pytest.approx(expected) and row["fraction"] == pytest.approx(expected / 16)
-    counts = [row["mean_count"] for row in jac.sparsity.values()]
+    counts = [row["mean_count"] for row in thresholds.values()]
     assert counts == sorted(counts, reverse=True) and counts[0] > 0
+    # scale-free: per token, the fewest entries whose |J| sum reaches 90% of the total (numpy reference)
+    a = np.sort(np.abs(J.numpy()).reshape(len(J), -1), axis=1)[:, ::-1]
+    need = [int(np.searchsorted(np.cumsum(r), 0.9 * r.sum()) + 1) if r.sum() > 0 else 0 for r in a]
+    assert jac.sparsity["mass90"]["mean_count"] == pytest.approx(np.mean(need), rel=1e-6)
 
 
 def test_connections_are_the_aggregates_of_co_active_pairs(jac, brute):

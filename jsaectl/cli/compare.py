@@ -59,6 +59,7 @@ def table(results, thresholds: tuple[float, ...]) -> Table:
     rows = list(_ROWS)
     for th in sorted(thresholds):
         rows.append((f"|J| > {th:g} per token (of k²)", (f"j>{th:g}", f"j>{th:g}_frac"), None))
+    rows.append(("entries holding 90% of Σ|J| (scale-free)", ("j_mass90", "j_mass90_frac"), None))
     for label, key, fmt in rows:
         if key is None:
             t.add_row(f"[bold]{label}[/]", *[""] * len(results))

@@ -36,7 +36,11 @@ def sparsity_table(result) -> Table:
     table.add_column("entries per token", justify="right")
     table.add_column("of k²", justify="right")
     for threshold, row in result.sparsity.items():
-        table.add_row(threshold, f"{row['mean_count']:.1f}", f"{row['fraction']:.1%}")
+        if threshold != "mass90":
+            table.add_row(threshold, f"{row['mean_count']:.1f}", f"{row['fraction']:.1%}")
+    if "mass90" in result.sparsity:
+        row = result.sparsity["mass90"]
+        table.add_row("90% of Σ|J| in", f"{row['mean_count']:.1f}", f"{row['fraction']:.1%}")
     return table
 
 
