@@ -72,6 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     tokens = parse_count(args.tokens)
     work = args.work or tempfile.mkdtemp(prefix="german-latent-")
+    os.makedirs(work, exist_ok=True)
     meta = LoadedJSAE.open(args.jsae).store.meta
     model, layer = meta["model"]["name"], meta["layer"]
 
