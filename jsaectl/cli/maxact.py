@@ -40,10 +40,13 @@ def _shade(value: float, peak: float) -> Style:
     return Style(bgcolor=Color.from_rgb(40 + 200 * level, 40 + 100 * level, 40), color="black" if level > 0.5 else None)
 
 
-def render_example(example, peak: float) -> Text:
+def render_example(example, peak: float, plain: bool = False) -> Text:
+    """One example line; ``plain`` (no colours, e.g. piped) marks the token with brackets."""
     line = Text(f"{example.rank:>3}. {example.activation:8.3g}  ")
     for i, (token, value) in enumerate(zip(example.tokens, example.activations)):
         token = token.replace("\n", "⏎")
+        if plain and i == example.focus:
+            token = f"[{token}]"
         style = _shade(value, peak) + (Style(bold=True, underline=True) if i == example.focus else Style())
         line.append(token, style=style)
     if example.extra:
@@ -53,12 +56,14 @@ def render_example(example, peak: float) -> Text:
 
 def render(result, console: Console) -> None:
     for item in result.latents:
-        side = {"in": "input SAE", "out": "output SAE", "connection": "connection"}[item.side]
-        console.print(Text(f"{side} latent {item.latent}", style="bold"), Text(f" — {item.label}; active on "
+        title = f"connection {item.latent}" if item.side == "connection" else \
+            f"{'input' if item.side == 'in' else 'output'} SAE latent {item.latent}"
+        console.print(Text(title, style="bold"), Text(f" — {item.label}; active on "
                       f"{item.count:,} of {result.n_tokens:,} tokens", style="dim"))
         peak = max((max(e.activations) for e in item.examples if e.activations), default=0.0)
+        plain = not console.is_terminal or console.no_color
         for example in item.examples:
-            console.print(render_example(example, peak), soft_wrap=True)
+            console.print(render_example(example, peak, plain), soft_wrap=True)
         if not item.examples:
             console.print("    (never active in the scanned tokens)", style="dim")
         console.print()
