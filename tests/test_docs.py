@@ -41,6 +41,6 @@ def test_readme_first_screen_commands_are_what_ci_runs():
 
 
 def test_stages_without_a_language_model_do_not_import_transformers():
-    code = ("import sys, jsaectl.train, jsaectl.jacobian, jsaectl.maxact, jsaectl.cli;"
+    code = ("import sys, jsaectl.train, jsaectl.jacobian, jsaectl.maxact, jsaectl.export, jsaectl.cli;"
             "assert 'transformers' not in sys.modules, 'transformers was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
