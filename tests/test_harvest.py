@@ -93,3 +93,19 @@ def test_stores_at_fsspec_urls(gpt2_dir, corpus, tmp_path):
         assert result.store == printed and result.complete
         acts = Activations.open(url)
         assert acts.n_tokens == result.n_tokens and acts.rows("x", 0, 5).shape == (5, 32)
+
+
+def test_bfloat16_storage_and_a_bfloat16_model(gpt2_dir, corpus, tmp_path):
+    from jsaectl.acts import Activations
+
+    common = dict(model=str(gpt2_dir), layer=1, dataset=str(corpus), tokens=1024, context_size=32)
+    ref = harvest(HarvestConfig(**common, dtype="float32", out=str(tmp_path / "f32.zarr")))
+    bf = harvest(HarvestConfig(**common, dtype="bfloat16", out=str(tmp_path / "bf16.zarr")))
+    x32 = Activations.open(ref.store).rows("x", 0, 1024)
+    xbf = Activations.open(bf.store).rows("x", 0, 1024)
+    assert zarr.open_group(bf.store)["x"].dtype == np.uint16
+    torch.testing.assert_close(xbf, x32.bfloat16().float(), rtol=0, atol=0)
+    # A model run in bfloat16 passes the MLP check with its looser tolerance, and records it.
+    half = harvest(HarvestConfig(**common, model_dtype="bfloat16", out=str(tmp_path / "m16.zarr")))
+    meta = zarr.open_group(half.store).attrs["jsaectl"]
+    assert 0 < meta["mlp"]["reconstruction_rel_error"] < 5e-2 and meta["model"]["dtype"] == "bfloat16"
