@@ -118,7 +118,12 @@ def jacobian_l1(U_T: Tensor, Vs: Sequence[Tensor], slopes: Sequence[Tensor], idx
     """``(Σ_b Σ_ij |J_b[i, j]|, J [B, k_out, k_in])``; the sum is differentiable."""
     chunk = chunk or _chunk_tokens(idx_y.shape[1], U_T.shape[1])
     eager_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (U_T, *Vs, *slopes))
-    return _JacobianL1.apply(U_T, idx_y, idx_x, mask_y.to(U_T.dtype), chunk, len(Vs), eager_grad, *Vs, *slopes)
+    # Always in U_T's precision: under bf16 autocast the sign of small entries of J (the whole
+    # gradient) would be noise, and index_add_ refuses to mix a bf16 source with a float32 sum.
+    dtype = U_T.dtype
+    with torch.autocast(U_T.device.type, enabled=False):
+        return _JacobianL1.apply(U_T, idx_y, idx_x, mask_y.to(dtype), chunk, len(Vs), eager_grad,
+                                 *(V.to(dtype) for V in Vs), *(s.to(dtype) for s in slopes))
 
 
 def mass_count(J: Tensor, share: float = 0.9) -> Tensor:

@@ -72,8 +72,19 @@ def _try_meta(url: str) -> dict[str, Any] | None:
     return dict(meta) if isinstance(meta, dict) else None
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def describe(meta: dict[str, Any]) -> str:
-    return f"a {meta.get('kind', '?')} store (format {meta.get('format', '?')})"
+    kind = str(meta.get("kind", "?"))
+    return f"{_article(kind)} {kind} store (format {meta.get('format', '?')})"
+
+
+def _written_by(kinds: tuple[str, ...]) -> str:
+    """`jsae stores are written by `jsaectl train`, jacobian stores by `jsaectl jacobian``"""
+    parts = [f"{kind} stores by `{_PRODUCERS[kind]}`" for kind in kinds]
+    return parts[0].replace(" by ", " are written by ", 1) + "".join(", " + p for p in parts[1:])
 
 
 @dataclass
@@ -119,8 +130,8 @@ def open_store(url: str, kind: str | tuple[str, ...], *, require_complete: bool 
         )
     if meta.get("kind") not in kinds:
         raise StoreError(
-            f"{url} is {describe(meta)}, but this command needs a {wanted} store",
-            hint=f"{wanted} stores are written by `{_PRODUCERS[kinds[0]]}`",
+            f"{url} is {describe(meta)}, but this command needs {_article(wanted)} {wanted} store",
+            hint=_written_by(kinds),
         )
     if meta.get("format") != FORMAT:
         raise StoreError(

@@ -63,7 +63,8 @@ def test_closed_form_jacobian_equals_jacrev(activation, gated, at):
             # f_s = e_y ∘ f ∘ d_x at s0 with the output SAE's active set taken from the true y.
             ref_mask = torch.zeros(N, dtype=torch.float64).index_fill(0, active_out, 1.0)
             pre_out = lambda s: (mlp.forward((s @ sae_in.W_dec + sae_in.b_dec)[None]) @ sae_out.W_enc + sae_out.b_enc)[0]  # noqa: E731
-            keep = (out.code_out.pre_values[b] > 0).double()
+            # Rows kept: output latents whose TopK value at the true y is positive (the dense reference encoder).
+            keep = (_encode_dense(sae_out, y[b : b + 1])[0, active_out] > 0).double()
             f_s = lambda s: pre_out(s) * ref_mask  # noqa: E731
             torch.testing.assert_close(s0 @ sae_in.W_dec + sae_in.b_dec, x_hat_b)
         J_ref = torch.func.jacrev(f_s)(s0)[active_out][:, out.code_in.indices[b]]
@@ -99,6 +100,53 @@ def test_handwritten_backward_equals_autograd(gated):
     for got, want in zip(torch.autograd.grad(ours, inputs), torch.autograd.grad(ref, inputs)):
         torch.testing.assert_close(got, want)
     assert mlp.gated == gated
+
+
+@pytest.mark.parametrize("activation,gated", [("gelu_tanh", False), ("silu", True)])
+@pytest.mark.parametrize("at", ["x", "reconstruction"])
+def test_penalty_gradient_wrt_the_sae_weights_equals_autograd(activation, gated, at):
+    """End to end: d Σ|J| / d(SAE weights) from pair_forward against an all-autograd reference
+    (dense TopK encoder, slopes at x or at x̂ through autograd, gather + einsum)."""
+    g = torch.Generator().manual_seed(5)
+    mlp = _mlp(activation, gated, g)
+    sae_in, sae_out = _pair(g)
+    x = torch.randn(B, D, generator=g, dtype=torch.float64)
+    y = mlp.forward(x)
+    params = [sae_in.W_enc, sae_in.b_enc, sae_in.W_dec, sae_in.b_dec, sae_out.W_enc, sae_out.b_enc]
+    out = pair_forward(sae_in, sae_out, mlp, x, y, with_jacobian=True, jacobian_at=at)
+    ours = torch.autograd.grad(out.jac_abs_sum, params, allow_unused=True)
+
+    x_hat = _encode_dense(sae_in, x) @ sae_in.W_dec + sae_in.b_dec
+    slopes = slopes_at(mlp, x_hat if at == "reconstruction" else x)
+    U_T, Vs = jacobian_factors(sae_in, sae_out, mlp)
+    mask = _encode_dense(sae_out, y).gather(1, out.code_out.indices) > 0
+    ref = _naive_abs_sum(U_T, Vs, slopes, out.code_out.indices, out.code_in.indices, mask)
+    want = torch.autograd.grad(ref, params, allow_unused=True)
+    torch.testing.assert_close(out.jac_abs_sum, ref)
+    for p, got, exp in zip(params, ours, want):
+        zero = torch.zeros_like(p)
+        torch.testing.assert_close(zero if got is None else got, zero if exp is None else exp)
+    # At x̂ the penalty also moves the input SAE's encoder (through the slopes); at x it cannot.
+    assert (want[0] is not None and want[0].abs().sum() > 0) == (at == "reconstruction")
+
+
+def test_penalty_is_computed_in_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(6)
+    U_T = torch.randn(N, M, generator=g, requires_grad=True)
+    Vs = [torch.randn(N, M, generator=g, requires_grad=True)]
+    slopes = [torch.randn(B, M, generator=g)]
+    idx_y = torch.stack([torch.randperm(N, generator=g)[:K] for _ in range(B)])
+    idx_x = torch.stack([torch.randperm(N, generator=g)[:K] for _ in range(B)])
+    mask = torch.ones(B, K, dtype=torch.bool)
+    plain, J = jacobian_l1(U_T, Vs, slopes, idx_y, idx_x, mask)
+    grads = torch.autograd.grad(plain, [U_T, *Vs])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto, J_auto = jacobian_l1(U_T, Vs, slopes, idx_y, idx_x, mask)
+        grads_auto = torch.autograd.grad(auto, [U_T, *Vs])
+    assert J_auto.dtype == torch.float32
+    torch.testing.assert_close(J_auto, J)
+    for got, want in zip(grads_auto, grads):
+        torch.testing.assert_close(got, want)
 
 
 def test_sparse_encoder_backward_equals_dense_autograd():

@@ -16,7 +16,7 @@ import zarr
 from typer.testing import CliRunner
 
 from jsaectl.cli import app
-from jsaectl.train import TrainConfig, train
+from jsaectl.train import TrainConfig, lam_at, lr_at, train
 
 runner = CliRunner()
 SMALL = ["--expansion", "4", "--k", "4", "--batch-size", "256", "--log-every", "5"]
@@ -51,6 +51,27 @@ def test_trains_and_records_history(acts, tmp_path):
     assert hist["lam"][0] < hist["lam"][-1] == meta["lam"] == 0.5 * 16 / 32
     assert summary["tokens_per_second"] > 0 and 0 < summary["j_count"] <= 16
     assert "checkpoint" not in g
+
+
+def test_schedules():
+    cfg = TrainConfig(acts="-", tokens=1000 * 4096, batch_size=4096, lr=1e-3, lam=2.0)
+    assert cfg.n_steps == 1000
+    lrs = [lr_at(cfg, s) for s in range(cfg.n_steps)]
+    assert lrs[0] == pytest.approx(1e-3 / 10) and lrs[9] == lrs[500] == lrs[799] == pytest.approx(1e-3)  # 1% warm-up
+    assert lrs[800] == pytest.approx(1e-3) and lrs[900] == pytest.approx(5e-4) and 0 < lrs[-1] < 1e-5  # last 20% to 0
+    assert max(lrs) == pytest.approx(1e-3)
+    lams = [lam_at(cfg, s) for s in range(cfg.n_steps)]
+    assert lams[0] == 0 and lams[25] == pytest.approx(1.0) and lams[50] == lams[-1] == 2.0  # 5% ramp
+    short = TrainConfig(acts="-", tokens=30 * 4096, batch_size=4096, lr=1e-3)  # fewer steps than 1 / lr_warmup
+    assert max(lr_at(short, s) for s in range(short.n_steps)) == pytest.approx(1e-3)
+
+
+def test_bf16_autocast_trains_with_the_penalty_on_cpu(acts, tmp_path):
+    result = runner.invoke(app, ["train", acts, *SMALL, "--tokens", "5k", "--lam", "1", "--autocast",
+                                 "-o", str(tmp_path / "a.zarr"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["jac_l1"] > 0 and summary["j_count"] > 0 and all(np.isfinite(_weights(summary["store"])["sae_in/W_enc"]).ravel())
 
 
 def test_lam_zero_trains_the_plain_pair_and_still_measures_the_jacobian(acts, tmp_path):
@@ -113,8 +134,10 @@ def _bad(args: list[str], code: int, stores: list[str]) -> str:
     result = runner.invoke(app, ["train", *args])
     assert result.exit_code == code, result.output
     assert result.stdout == "" and "Traceback" not in result.output
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("jsaectl: error:") and "hint" in last or code == 2
+    lines = result.stderr.strip().splitlines()
+    last = lines[-1]
+    assert len(lines) == 1 and last.startswith("jsaectl: error:"), result.stderr
+    assert "hint" in last or code == 2  # a refused run says what to do; a bad option names itself
     assert {p: p.stat().st_mtime_ns for s in stores for p in Path(s).rglob("*")} == before
     return last
 
@@ -129,7 +152,7 @@ def test_bad_options_are_refused_and_touch_nothing(acts, tmp_path):
     assert "more than the 128 latents" in _bad([acts, "--k", "200", "--expansion", "4"], 2, stores)
     assert "--lam must be >= 0" in _bad([acts, "--lam", "-1"], 2, stores)
     assert "--batch-size must be positive" in _bad([acts, "--batch-size", "0"], 2, stores)
-    assert "needs a activations store" in _bad([out], 1, stores)
+    assert "needs an activations store" in _bad([out], 1, stores)
     assert "different config" in _bad([acts, *SMALL, "--tokens", "4k", "-o", out], 1, stores)
     assert "no store at" in _bad([str(tmp_path / "nothing.zarr")], 1, stores)
     assert "no store arrived on stdin" in _bad([], 1, stores)
