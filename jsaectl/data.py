@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import os
 import sys
@@ -160,24 +161,24 @@ def _looks_like_local(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or _strip_gz(spec).lower().endswith(_SUFFIXES) or spec.count("/") > 1
 
 
-def check_source(spec: str | None) -> None:
-    """Fail now, before a model is loaded, for a local source that is not there."""
-    if spec in (None, BUNDLED_CORPUS, BUNDLED_HELDOUT):
-        if not os.path.isfile(bundled_corpus_path(spec or BUNDLED_CORPUS)):
-            raise DataError("the bundled corpus is missing from this installation", hint="reinstall jsaectl, or pass --dataset")
-        return
-    if spec == "-":
-        return
-    path = os.path.expanduser(spec)
-    if not os.path.exists(path) and _looks_like_local(spec):
-        raise DataError(f"no such file or folder: {spec}", hint="give a .txt/.jsonl/.parquet file, a folder of them, a Hub dataset id, or -")
+def open_source(spec: str | None, *, split: str = "train", subset: str | None = None, text_column: str = "text") -> Iterator[Piece]:
+    """``iter_pieces`` with its first document already read, so that a missing, unreachable or
+    empty source (or a terminal on stdin) fails now, before minutes of model loading."""
+    pieces = iter_pieces(spec, split=split, subset=subset, text_column=text_column)
+    first = next(pieces, None)
+    if first is None:
+        raise DataError(f"{describe_source(spec)} holds no text", hint="give a source with at least one non-empty document")
+    return itertools.chain([first], pieces)
 
 
 def iter_pieces(spec: str | None, *, split: str = "train", subset: str | None = None, text_column: str = "text") -> Iterator[Piece]:
     """All the text of a source, in order. ``spec``: None (the bundled corpus), ``-`` (stdin),
     a file, a folder, or a Hub dataset id."""
     if spec is None or spec in (BUNDLED_CORPUS, BUNDLED_HELDOUT):
-        yield from _jsonl_pieces(bundled_corpus_path(spec or BUNDLED_CORPUS), "text")
+        path = bundled_corpus_path(spec or BUNDLED_CORPUS)
+        if not os.path.isfile(path):
+            raise DataError("the bundled corpus is missing from this installation", hint="reinstall jsaectl, or pass --dataset")
+        yield from _jsonl_pieces(path, "text")
     elif spec == "-":
         if sys.stdin is None or sys.stdin.isatty():
             raise DataError("--dataset - reads text from stdin, but stdin is a terminal", hint="pipe text in: cat book.txt | jsaectl harvest ... --dataset -")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from jsaectl import store as st
-from jsaectl.data import BUNDLED_CORPUS, check_source, describe_source, iter_contexts, iter_pieces
+from jsaectl.data import BUNDLED_CORPUS, describe_source, iter_contexts, open_source
 from jsaectl.errors import ConfigError, DataError
 from jsaectl.models import (
     BUNDLED_DEFAULT_LAYER,
@@ -97,20 +97,20 @@ class HarvestConfig:
         if self.dataset is None:
             self.dataset = BUNDLED_CORPUS
         if self.layer is not None and self.layer < 0:
-            raise ConfigError(f"--layer must be >= 0, not {self.layer}")
+            raise ConfigError(f"--layer must be >= 0, not {self.layer}", hint="layers count from 0")
         if self.tokens <= 0:
-            raise ConfigError(f"--tokens must be positive, not {self.tokens}")
+            raise ConfigError(f"--tokens must be positive, not {self.tokens}", hint="e.g. --tokens 2M")
         if self.context_size < 2:
-            raise ConfigError(f"--context-size must be at least 2, not {self.context_size}")
+            raise ConfigError(f"--context-size must be at least 2, not {self.context_size}", hint="the default is 256")
         if self.batch_size <= 0:
-            raise ConfigError(f"--batch-size must be positive, not {self.batch_size}")
+            raise ConfigError(f"--batch-size must be positive, not {self.batch_size}", hint="contexts per forward pass, e.g. 16")
         if self.dtype not in STORE_DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, not {self.dtype!r}")
+            raise ConfigError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, not {self.dtype!r}", hint="float16 is the default")
         if self.model_dtype not in STORE_DTYPES:
-            raise ConfigError(f"--model-dtype must be one of {', '.join(STORE_DTYPES)}, not {self.model_dtype!r}")
+            raise ConfigError(f"--model-dtype must be one of {', '.join(STORE_DTYPES)}, not {self.model_dtype!r}", hint="float32 is the default")
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
-            raise ConfigError(f"--shard must be i/n with 0 <= i < n, not {i}/{n}")
+            raise ConfigError(f"--shard must be i/n with 0 <= i < n, not {i}/{n}", hint="e.g. --shard 0/4 ... --shard 3/4")
         if n > 1 and self.overwrite:
             raise ConfigError("--overwrite cannot be combined with --shard (each shard would wipe the others' work)",
                               hint="delete the store once, then start the shards")
@@ -298,12 +298,11 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
     if existing is not None and existing.get("complete"):
         reporter.note(f"{url} is already complete ({format_count(existing['n_tokens'])} tokens); nothing to do")
         return HarvestResult(url, existing["n_tokens"], existing["d_model"], 0.0, True, already_complete=True)
-    check_source(cfg.dataset)
+    pieces = open_source(cfg.dataset, split=cfg.split, subset=cfg.subset, text_column=cfg.text_column)
     loaded, site, device = _load(cfg, reporter)
 
     layout = _layout(cfg, site.weights.d_model)
-    contexts = iter_contexts(iter_pieces(cfg.dataset, split=cfg.split, subset=cfg.subset, text_column=cfg.text_column),
-                             loaded.tokenizer, cfg.context_size, bos=cfg.bos)
+    contexts = iter_contexts(pieces, loaded.tokenizer, cfg.context_size, bos=cfg.bos)
     chunks = _grouped(islice(contexts, layout.n_tokens // cfg.context_size), layout.contexts_per_chunk)
     first = next(chunks, None)
     if first is None:
@@ -316,9 +315,12 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
                   f"d_mlp={site.weights.d_mlp}; MLP recomputed from stored weights to {rel_err:.1e}")
 
     store, resumed = st.prepare_output(url, "activations", cfg.identity(), overwrite=cfg.overwrite)
+    # The progress array is created last, so its presence means everything else exists. Then
+    # the arrays are not touched again: a run killed after _finalize trimmed them (and before
+    # it marked the store complete) would otherwise find them the wrong size.
     if "progress" not in store.group or "chunk_contexts" not in store.group["progress"]:
-        _write_mlp_and_vocab(store, site, loaded.tokenizer)  # the progress array comes last: its presence means done
-    _create_arrays(store, cfg, layout, site.weights.d_model)
+        _write_mlp_and_vocab(store, site, loaded.tokenizer)
+        _create_arrays(store, cfg, layout, site.weights.d_model)
     extra = _store_meta(cfg, loaded, site, layout, rel_err)
     store.update_meta(**extra)
 

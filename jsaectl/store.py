@@ -184,6 +184,17 @@ def write_array(group: zarr.Group, name: str, array: Any, **kwargs: Any) -> zarr
     return out
 
 
+def _check_creatable(url: str) -> None:
+    """A new local store needs a writable directory above it (checked before hours of work)."""
+    if not is_local(url):
+        return
+    parent = os.path.dirname(url)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create {url}: {parent} is not a writable directory", hint="choose another --out")
+
+
 def check_writable(url: str, kind: str, config: dict[str, Any], *, overwrite: bool = False) -> dict[str, Any] | None:
     """Refuse what ``prepare_output`` would refuse, without writing anything.
 
@@ -192,6 +203,7 @@ def check_writable(url: str, kind: str, config: dict[str, Any], *, overwrite: bo
     """
     url = resolve_url(url)
     if not _exists(url) or _is_empty_dir(url):
+        _check_creatable(url)
         return None
     meta = _try_meta(url)
     if meta is None:
@@ -228,13 +240,16 @@ def prepare_output(url: str, kind: str, config: dict[str, Any], *, overwrite: bo
     # Mode "w" removes whatever the store held. Mode "a" never deletes: shards of one harvest
     # may create the same store at the same time, each writing identical metadata. Either way
     # the attrs go in with the group, not in a second write that a reader could miss.
-    if overwrite and _exists(url):
-        group = zarr.open_group(url, mode="w", attributes={"jsaectl": meta})
-    else:
-        group = race_safe(zarr.open_group, url, mode="a", attributes={"jsaectl": meta})
-        if "jsaectl" not in group.attrs:  # another shard's group, its attrs not yet written
-            time.sleep(0.2)
-            group = zarr.open_group(url, mode="r+")
+    try:
+        if overwrite and _exists(url):
+            group = zarr.open_group(url, mode="w", attributes={"jsaectl": meta})
+        else:
+            group = race_safe(zarr.open_group, url, mode="a", attributes={"jsaectl": meta})
+            if "jsaectl" not in group.attrs:  # another shard's group, its attrs not yet written
+                time.sleep(0.2)
+                group = zarr.open_group(url, mode="r+")
+    except OSError as e:
+        raise StoreError(f"cannot create {url}: {e.strerror or e}", hint="choose another --out") from None
     found = dict(group.attrs.get("jsaectl", meta))
     if config_diff(found.get("config", {}), config):
         raise StoreError(f"{url} was just created by another process with a different config", hint="give each run its own --out")

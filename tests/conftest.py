@@ -90,6 +90,10 @@ def _config(family: str):
         return tf.MixtralConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
                                 intermediate_size=48, num_local_experts=4, num_experts_per_tok=2,
                                 max_position_embeddings=128, **small)
+    if family == "granitemoe":  # its expert block is not called "mlp"
+        return tf.GraniteMoeConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                                   intermediate_size=48, num_local_experts=4, num_experts_per_tok=2,
+                                   max_position_embeddings=128, **small)
     raise ValueError(family)
 
 

@@ -11,7 +11,7 @@ from conftest import FAMILIES
 from jsaectl.data import iter_contexts, iter_pieces
 from jsaectl.errors import ModelError
 from jsaectl.harvest import HarvestConfig, harvest
-from jsaectl.models import decoder_layers, load_model, locate_mlp
+from jsaectl.models import MLPTap, check_reconstruction, decoder_layers, load_model, locate_mlp
 
 
 def _reference(model_dir, layer: int, tokens: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,19 +69,89 @@ def test_tokens_are_the_documented_context_stream(gpt2_dir, corpus, tmp_path):
 
 
 def test_mlp_weights_reproduce_the_module(model_factory):
+    """The extracted weights and activation recompute each family's MLP on inputs it never saw
+    (random, at 3x the usual scale): the model runs with its MLP input replaced by them."""
+    g = torch.Generator().manual_seed(0)
     for family in FAMILIES:
         loaded = load_model(str(model_factory(family)))
         site = locate_mlp(loaded.model, 2)
         assert site.weights.gated == (family in ("llama", "gemma2", "phi3", "qwen2")), family
+        seen = {}
+
+        def replace_input(module, args, kwargs):  # in the shape the module gets it ([B*T, d] for OPT)
+            x = seen.setdefault("x", 3 * torch.randn(args[0].shape, generator=g))
+            return (x, *args[1:]), kwargs
+
+        def keep_output(module, args, output):
+            seen.setdefault("y", output[0] if isinstance(output, tuple) else output)
+
+        hooks = [site.input_module.register_forward_pre_hook(replace_input, with_kwargs=True),
+                 site.output_module.register_forward_hook(keep_output)]
+        with torch.no_grad():
+            loaded.model(input_ids=torch.randint(0, 100, (2, 16), generator=g))
+        for h in hooks:
+            h.remove()
+        x = seen["x"].reshape(-1, site.weights.d_model)
+        torch.testing.assert_close(site.weights.forward(x), seen["y"].reshape(x.shape),
+                                   rtol=1e-4, atol=1e-5, msg=family)
 
 
-def test_mixture_of_experts_is_refused(model_factory, tokenizer_dir, tmp_path):
+def test_a_wrong_reconstruction_is_refused_before_anything_is_stored(gpt2_dir):
+    loaded = load_model(str(gpt2_dir))
+    site = locate_mlp(loaded.model, 1)
+    tap = MLPTap(loaded.model, site)
+    x, y = tap(torch.randint(0, 100, (2, 16)), with_output=True)
+    assert check_reconstruction(site, x, y, "float32") < 1e-5
+    site.weights.W_out[0, 0] += 0.5  # an extraction that got one weight wrong
+    with pytest.raises(ModelError, match=r"does not match gpt2 layer 1's real MLP"):
+        check_reconstruction(site, x, y, "float32")
+
+
+def test_the_forward_pass_stops_inside_the_layer(gpt2_dir):
+    loaded = load_model(str(gpt2_dir))
+    site = locate_mlp(loaded.model, 1)
+    calls = {"later block": 0, "lm head": 0}
+    hooks = [decoder_layers(loaded.model)[2].register_forward_hook(lambda *a: calls.__setitem__("later block", calls["later block"] + 1)),
+             loaded.model.lm_head.register_forward_hook(lambda *a: calls.__setitem__("lm head", calls["lm head"] + 1))]
+    tap = MLPTap(loaded.model, site)
+    tap(torch.randint(0, 100, (2, 16)), with_output=True)
+    tap(torch.randint(0, 100, (2, 16)), with_output=False)
+    assert calls == {"later block": 0, "lm head": 0}
+    tap.close()
+    with torch.no_grad():
+        loaded.model(input_ids=torch.randint(0, 100, (2, 16)))
+    assert calls == {"later block": 1, "lm head": 1}  # the hooks themselves work
+    for h in hooks:
+        h.remove()
+
+
+@pytest.mark.parametrize("family", ["mixtral", "granitemoe"])
+def test_mixture_of_experts_is_refused(family, tokenizer_dir, tmp_path):
     from conftest import build_model
 
-    path = build_model("mixtral", tmp_path / "moe", tokenizer_dir)
+    path = build_model(family, tmp_path / "moe", tokenizer_dir)
     loaded = load_model(str(path))
     with pytest.raises(ModelError, match="mixture-of-experts"):
         locate_mlp(loaded.model, 0)
+
+
+def test_random_init_is_the_architecture_redrawn_from_its_seed(gpt2_dir, corpus, tmp_path):
+    from jsaectl.acts import Activations
+
+    common = dict(model=str(gpt2_dir), layer=1, dataset=str(corpus), tokens=1024, context_size=32, dtype="float32")
+    runs = {name: Activations.open(harvest(HarvestConfig(**common, **kw, out=str(tmp_path / f"{name}.zarr"))).store)
+            for name, kw in (("trained", {}), ("r0", dict(random_init=True, seed=0)), ("r0b", dict(random_init=True, seed=0)),
+                             ("r1", dict(random_init=True, seed=1)))}
+    x = {name: a.rows("x", 0, 1024) for name, a in runs.items()}
+    w = {name: a.mlp().W_in for name, a in runs.items()}
+    assert torch.equal(x["r0"], x["r0b"]) and torch.equal(w["r0"], w["r0b"])  # reproducible from the seed
+    assert not torch.allclose(w["r0"], w["r1"]) and not torch.allclose(w["r0"], w["trained"])
+    assert not torch.allclose(x["r0"], x["trained"])
+    # GPT-2's own initialiser: N(0, 0.02) linears (the test model's weights were perturbed by 0.05).
+    assert abs(float(w["r0"].std()) - 0.02) < 0.003
+    prov = runs["r1"].meta["model"]
+    assert prov["random_init"] is True and prov["seed"] == 1 and runs["trained"].meta["model"]["random_init"] is False
+    assert (runs["r0"].tokens(0, 1024) == runs["trained"].tokens(0, 1024)).all()  # the same text
 
 
 def test_stores_at_fsspec_urls(gpt2_dir, corpus, tmp_path):

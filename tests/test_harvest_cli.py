@@ -92,6 +92,36 @@ def test_text_shorter_than_tokens_gives_a_trimmed_complete_store(gpt2_dir, corpu
     assert 0 < summary["n_tokens"] < 10_000_000 and summary["n_tokens"] % 64 == 0
 
 
+def test_a_kill_between_trimming_and_completing_resumes(gpt2_dir, corpus, tmp_path):
+    """The last moment a SIGKILL can strike: the arrays are trimmed to the text's length but the
+    store is not yet marked complete. Running again must finish it, not trip over the sizes."""
+    args = [str(gpt2_dir), "--layer", "0", "--dataset", str(corpus), "--tokens", "10M", "-T", "64"]
+    reference = _run(args + ["--out", str(tmp_path / "ref.zarr")])
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "cut.zarr"
+    assert _run(args + ["--out", str(out)]).returncode == 0
+    g = zarr.open_group(str(out), mode="r+")
+    g.attrs["jsaectl"] = {**g.attrs["jsaectl"], "complete": False}
+    resumed = _run(args + ["--out", str(out)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == str(out) and zarr.open_group(str(out), mode="r").attrs["jsaectl"]["complete"] is True
+    _assert_identical(_arrays(str(tmp_path / "ref.zarr")), _arrays(str(out)))
+
+
+def test_text_on_a_terminal_stdin_fails_before_the_model_loads(gpt2_dir, tmp_path):
+    import pty
+
+    parent, child = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "jsaectl", "harvest", str(gpt2_dir), "--layer", "0", "--dataset", "-",
+                               "--out", str(tmp_path / "t.zarr")], stdin=child, capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(parent), os.close(child)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "stdin is a terminal" in proc.stderr and "loading" not in proc.stderr
+    assert not (tmp_path / "t.zarr").exists()
+
+
 def _bad(args: list[str], code: int = 1, **kw) -> str:
     result = runner.invoke(app, ["harvest", *args], **kw)
     assert result.exit_code == code, result.output
@@ -110,7 +140,12 @@ def test_bad_input_gets_one_line_and_writes_nothing(gpt2_dir, corpus, tmp_path, 
     assert "out of range" in _bad([str(gpt2_dir), "--layer", "7", "--dataset", str(corpus), *base])
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert "not one context" in _bad([str(gpt2_dir), "--layer", "0", "--dataset", str(empty), *base])
+    assert "holds no text" in _bad([str(gpt2_dir), "--layer", "0", "--dataset", str(empty), *base])
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"text": "three short words"}\n')
+    assert "not one context" in _bad([str(gpt2_dir), "--layer", "0", "--dataset", str(short), *base])
+    assert "not a writable directory" in _bad([str(gpt2_dir), "--layer", "0", "--dataset", str(corpus), "--out",
+                                               str(empty / "acts.zarr")])
     assert "--tokens" in _bad([str(gpt2_dir), "--layer", "0", "--tokens", "lots", *base], code=2)
     assert "--layer is required" in _bad([str(gpt2_dir), "--dataset", str(corpus), *base], code=2)
     assert "no such option" in _bad(["--lyer", "0"], code=2).lower()
@@ -152,6 +187,10 @@ def test_config_file_supplies_options_and_flags_win(gpt2_dir, corpus, tmp_path):
     assert result.exit_code == 0, result.output
     cfg = zarr.open_group(result.stdout.strip()).attrs["jsaectl"]["config"]
     assert (cfg["layer"], cfg["tokens"], cfg["context_size"]) == (1, 2000, 32)
+    config.write_text(f"model: {gpt2_dir}\nlayer: 1\ndataset: {corpus}\ntokens: 2k\ncontext_size: 32\njson: true\n")
+    result = runner.invoke(app, ["harvest", "--config", str(config), "-o", str(tmp_path / "c.zarr")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["store"] == str(tmp_path / "c.zarr")  # `json` is the --json option
     config.write_text("layr: 2\n")
     assert "unknown key(s)" in _bad(["--config", str(config)], code=2)
 

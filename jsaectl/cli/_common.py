@@ -45,12 +45,21 @@ def _load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | N
     data = data or {}
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{value} must hold a mapping of option: value")
-    names = {p.name for p in ctx.command.params if p.name not in ("config", "help")}
-    normalised = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(normalised) - names)
+    # A key is an option's long name (`context-size`, `json`) or its parameter name (`context_size`).
+    aliases: dict[str, str] = {}
+    shown: set[str] = set()
+    for p in ctx.command.params:
+        if p.name in ("config", "help"):
+            continue
+        longs = [o[2:] for o in p.opts if o.startswith("--")]
+        shown.add(longs[0] if longs else p.name)
+        for alias in (p.name, *longs):
+            aliases[alias.replace("-", "_")] = p.name
+    keys = {str(k): str(k).replace("-", "_") for k in data}
+    unknown = sorted(k for k, norm in keys.items() if norm not in aliases)
     if unknown:
-        raise typer.BadParameter(f"unknown key(s) in {value}: {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
-    ctx.default_map = {**(ctx.default_map or {}), **normalised}
+        raise typer.BadParameter(f"unknown key(s) in {value}: {', '.join(unknown)} (valid: {', '.join(sorted(shown))})")
+    ctx.default_map = {**(ctx.default_map or {}), **{aliases[keys[str(k)]]: v for k, v in data.items()}}
     return value
 
 
