@@ -11,8 +11,10 @@ For each JSAE (a jacobian store stands for the JSAE it was made from), on the sa
   ``(CE_zero − CE_sae) / (CE_zero − CE_clean)`` with CE_zero the loss with the MLP output
   zeroed; KL score ``(KL_zero − KL_sae) / KL_zero`` with KL from the clean next-token
   distribution. The model is the one named in the activations store's provenance (the same
-  random re-initialisation for --random-init stores). SAEs are spliced at every position but
-  position 0 when that is a BOS token they were not trained on.
+  random re-initialisation for --random-init stores). SAEs are spliced, and the MLP output
+  zeroed for the baseline, at every position but position 0 when that is a BOS token the
+  SAEs were not trained on, so that the score's numerator and denominator change the same
+  positions.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from jsaectl import store as st
-from jsaectl.errors import ConfigError
+from jsaectl.errors import ConfigError, ModelError
 from jsaectl.jacobian import DEFAULT_THRESHOLDS
 from jsaectl.jsae import mass_count
-from jsaectl.pair import LoadedJSAE
+from jsaectl.pair import LoadedJSAE, site_of
 from jsaectl.progress import SILENT, Reporter
 
 
@@ -76,16 +78,22 @@ def _name(meta: dict[str, Any]) -> str:
     return f"{base}{rand} L{meta.get('layer')} λ={meta.get('lam'):g}"
 
 
-def _check_compatible(runs: list[LoadedJSAE], shared_acts: bool) -> list[str]:
+def _check_compatible(runs: list[LoadedJSAE]) -> list[str]:
     notes = []
     ks = {r.k for r in runs}
     if len(ks) > 1:
         notes.append(f"the runs have different k ({', '.join(map(str, sorted(ks)))}): compare the Jacobian sparsity "
                      "as a fraction of k², not as counts")
-    sites = {(str((r.store.meta.get("model") or {}).get("name")), r.store.meta.get("layer"), r.store.meta.get("d_model")) for r in runs}
-    if shared_acts and len({s[2] for s in sites}) > 1:
-        raise ConfigError("--acts cannot serve runs of different model widths", hint="compare runs of one model and layer, or drop --acts")
+    sites = {site_of(r.store.meta) for r in runs}  # (--acts of another site was refused when the runs were opened)
+    if len(sites) > 1:
+        notes.append("the runs come from different sites (" + "; ".join(sorted(map(_site_name, sites))) + "): their CE/KL "
+                     "scores and Jacobian sparsity are each relative to their own MLP, not to one another's")
     return notes
+
+
+def _site_name(site: tuple) -> str:
+    name, _revision, layer, random_init, seed = site
+    return f"{str(name).rstrip('/').split('/')[-1]} layer {layer}" + (f" random init seed {seed}" if random_init else "")
 
 
 @torch.no_grad()
@@ -144,9 +152,16 @@ class _Splicer:
         return mask.unsqueeze(-1)
 
     def _pre(self, module: Any, args: tuple, kwargs: dict) -> Any:
-        if self.mode != "sae_in" or not args:
+        if self.mode != "sae_in":
             return None
-        x = args[0]
+        if args and isinstance(args[0], torch.Tensor):
+            x = args[0]
+        else:  # a module called with keywords only would silently keep its clean input: refuse
+            raise ModelError(f"layer {self.site.layer}'s MLP input is not its first positional argument; cannot splice the input SAE",
+                             hint="compare with --eval-tokens 0 skips the splice scores; please report this architecture")
+        if x.shape[:-1] != self._shape:
+            raise ModelError(f"layer {self.site.layer}'s MLP input has shape {tuple(x.shape)}, not [batch, context, d_model]",
+                             hint="compare with --eval-tokens 0 skips the splice scores; please report this architecture")
         flat = x.reshape(-1, x.shape[-1]).float()
         code = self.run.sae_in.encode(flat)
         x_hat = self.run.sae_in.decode(code.values, code.indices).reshape(x.shape).to(x.dtype)
@@ -154,8 +169,11 @@ class _Splicer:
 
     def _post(self, module: Any, args: tuple, output: Any) -> Any:
         y = output[0] if isinstance(output, tuple) else output
-        if self.mode == "zero":
-            new = torch.zeros_like(y)
+        if self.mode in ("zero", "sae_out") and y.shape[:-1] != self._shape:
+            raise ModelError(f"layer {self.site.layer}'s MLP output has shape {tuple(y.shape)}, not [batch, context, d_model]",
+                             hint="compare with --eval-tokens 0 skips the splice scores; please report this architecture")
+        if self.mode == "zero":  # the baseline leaves alone what the SAEs leave alone (a BOS position 0)
+            new = torch.where(self._keep(y.shape), torch.zeros_like(y), y)
         elif self.mode == "sae_out":
             flat = y.reshape(-1, y.shape[-1]).float()
             code = self.run.sae_out.encode(flat)
@@ -166,7 +184,7 @@ class _Splicer:
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     def logits(self, ids: torch.Tensor, mode: str) -> torch.Tensor:
-        self.mode = mode
+        self.mode, self._shape = mode, ids.shape
         try:
             return self.loaded.model(input_ids=ids, use_cache=False).logits.float()
         finally:
@@ -228,7 +246,7 @@ def compare(cfg: CompareConfig, reporter: Reporter = SILENT) -> tuple[list[RunMe
     device = pick_device(cfg.device)
     urls = resolve_runs(cfg.stores)
     runs = [LoadedJSAE.open(u, acts=cfg.acts, device=device) for u in urls]
-    notes = _check_compatible(runs, cfg.acts is not None)
+    notes = _check_compatible(runs)
     if cfg.acts is None:
         notes.append("evaluated on each run's own training activations (in-sample); pass --acts for held-out text")
     thresholds = torch.tensor(sorted(cfg.thresholds), device=device)

@@ -3,6 +3,7 @@ the MLP's inputs with both SAEs and take the Jacobian between them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,6 +29,23 @@ class Batch(NamedTuple):
     y: torch.Tensor
     J: torch.Tensor | None
     """``[B, k, k]``: rows are the output latents ``code_out.indices``, columns the inputs."""
+
+
+def site_of(meta: dict[str, Any]) -> tuple:
+    """(model, revision, layer, random init, seed) of an activations or jsae store: the MLP it is about.
+    Local model paths compare by their resolved location."""
+    model = meta.get("model") or {}
+    name = str(model.get("name"))
+    if os.path.isdir(name):
+        name = os.path.realpath(name)
+    random_init = bool(model.get("random_init"))
+    return (name, model.get("revision"), meta.get("layer"), random_init, model.get("seed") if random_init else None)
+
+
+def _describe_site(meta: dict[str, Any]) -> str:
+    name, revision, layer, random_init, seed = site_of(meta)
+    return (f"{(meta.get('model') or {}).get('name')}" + (f"@{revision}" if revision else "") + f" layer {layer}"
+            + (f" (random init, seed {seed})" if random_init else ""))
 
 
 def load_sae(group: Any, device: torch.device | str = "cpu") -> TopKSAE:
@@ -62,6 +80,10 @@ class LoadedJSAE:
                 raise
             raise StoreError(f"the activations this JSAE was trained on are gone ({e.message})",
                              hint="pass --acts with an activations store of the same model and layer") from None
+        if acts and site_of(activations.meta) != site_of(store.meta):
+            raise ConfigError(f"--acts {acts_url} holds activations of {_describe_site(activations.meta)}, "
+                              f"but the JSAE was trained on {_describe_site(store.meta)}",
+                              hint="harvest held-out text with the JSAE's own model and --layer (and --random-init --seed)")
         if activations.d_model != store.meta["d_model"]:
             raise ConfigError(f"{acts_url} has d_model {activations.d_model}, the JSAE {store.meta['d_model']}",
                               hint="--acts must come from the same model and layer")

@@ -35,45 +35,72 @@ def results(jsae_store, baseline):
     return compare(CompareConfig(stores=(jsae_store, baseline), tokens=3000, eval_tokens=640, batch_size=512))
 
 
-def _spliced_ce(jsae: str, gpt2_dir, n_ctx: int) -> tuple[float, float, float]:
-    """Reference: CE clean, zero-ablated, and with the output SAE, by a hand-written forward hook."""
+def _spliced_ce(jsae: str, gpt2_dir, n_ctx: int) -> dict[str, float]:
+    """Reference: CE clean, with the MLP output zeroed, with the output SAE's ŷ as the MLP output
+    and with the input SAE's x̂ as the MLP input, by hand-written hooks on GPT-2's own modules
+    (c_proj's output is the MLP output; the MLP module's input is x). Position 0 (BOS, which
+    the SAEs never saw) is left alone by every splice."""
     run = LoadedJSAE.open(jsae)
     loaded = load_model(str(gpt2_dir))
-    mlp = locate_mlp(loaded.model, 1).output_module
+    block = loaded.model.transformer.h[1].mlp
     T = run.acts.context_size
     ids = torch.from_numpy(run.acts.tokens(0, n_ctx * T).reshape(n_ctx, T).astype(np.int64))
     mode = {"m": None}
 
-    def hook(module, args, out):
-        if mode["m"] == "zero":
-            return torch.zeros_like(out)
-        if mode["m"] == "sae":
-            flat = out.reshape(-1, out.shape[-1])
-            dense = run.sae_out.encode_dense(flat)
-            rec = (dense @ run.sae_out.W_dec + run.sae_out.b_dec).reshape(out.shape)
-            rec[:, 0] = out[:, 0]  # position 0 (BOS) is left alone
-            return rec
-        return None
+    def recon(sae, v):
+        dense = sae.encode_dense(v.reshape(-1, v.shape[-1]))
+        rec = (dense @ sae.W_dec + sae.b_dec).reshape(v.shape)
+        rec[:, 0] = v[:, 0]
+        return rec
 
-    h = mlp.register_forward_hook(hook)
-    ces = []
+    def post(module, args, out):
+        if mode["m"] == "zero":
+            new = torch.zeros_like(out)
+            new[:, 0] = out[:, 0]
+            return new
+        return recon(run.sae_out, out) if mode["m"] == "sae_out" else None
+
+    def pre(module, args):
+        return (recon(run.sae_in, args[0]),) if mode["m"] == "sae_in" else None
+
+    hooks = [block.c_proj.register_forward_hook(post), block.register_forward_pre_hook(pre)]
+    ces = {}
     with torch.no_grad():
-        for m in (None, "zero", "sae"):
+        for m in ("clean", "zero", "sae_out", "sae_in"):
             mode["m"] = m
             logits = loaded.model(input_ids=ids).logits
-            ces.append(float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))))
-    h.remove()
-    return tuple(ces)
+            ces[m] = float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)))
+    for h in hooks:
+        h.remove()
+    return ces
 
 
 def test_splice_scores_match_a_direct_computation(results, jsae_store, gpt2_dir):
     values = results[0][0].values
-    clean, zero, sae = _spliced_ce(jsae_store, gpt2_dir, 20)
-    assert values["ce_clean"] == pytest.approx(clean, rel=1e-5)
-    assert values["ce_zero"] == pytest.approx(zero, rel=1e-5)
-    assert values["ce_out"] == pytest.approx(sae, rel=1e-5)
-    assert values["ce_score_out"] == pytest.approx((zero - sae) / (zero - clean), rel=1e-4)
-    assert 0 <= values["kl_out"] and values["kl_score_out"] <= 1
+    ref = _spliced_ce(jsae_store, gpt2_dir, 20)
+    assert values["ce_clean"] == pytest.approx(ref["clean"], rel=1e-5)
+    assert values["ce_zero"] == pytest.approx(ref["zero"], rel=1e-5)
+    assert values["ce_out"] == pytest.approx(ref["sae_out"], rel=1e-5)
+    assert values["ce_in"] == pytest.approx(ref["sae_in"], rel=1e-5)
+    assert values["ce_in"] != pytest.approx(values["ce_clean"], rel=1e-4)  # the input splice really changed something
+    for side in ("in", "out"):
+        expected = (ref["zero"] - ref[f"sae_{side}"]) / (ref["zero"] - ref["clean"])
+        assert values[f"ce_score_{side}"] == pytest.approx(expected, abs=5e-4)  # a ratio of small CE differences
+        assert 0 <= values[f"kl_{side}"] and values[f"kl_score_{side}"] <= 1
+
+
+def test_held_out_acts_must_come_from_the_jsaes_own_site(jsae_store, baseline, gpt2_dir, corpus, tmp_path):
+    from jsaectl.harvest import HarvestConfig, harvest
+
+    common = dict(model=str(gpt2_dir), dataset=str(corpus), tokens=2048, context_size=32)
+    same = harvest(HarvestConfig(layer=1, **common, out=str(tmp_path / "l1.zarr"))).store
+    other = harvest(HarvestConfig(layer=0, **common, out=str(tmp_path / "l0.zarr"))).store
+    ok = runner.invoke(app, ["compare", jsae_store, baseline, "--acts", same, "-n", "1000", "--eval-tokens", "0", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert [d["acts"] for d in json.loads(ok.stdout)] == [same, same]
+    bad = runner.invoke(app, ["compare", jsae_store, "--acts", other, "-n", "1000", "--eval-tokens", "0"])
+    assert bad.exit_code == 2 and bad.stdout == ""
+    assert "layer 0" in bad.stderr and "trained on" in bad.stderr and "layer 1" in bad.stderr and "hint" in bad.stderr
 
 
 def test_reconstruction_and_sparsity_agree_with_the_jacobian_stage(results, jsae_store, tmp_path):

@@ -130,8 +130,11 @@ def compare_cmd(
     if json_out and csv_out:
         raise ConfigError("--json and --csv are exclusive")
     eval_n = 0 if eval_tokens.strip() == "0" else parse_count(eval_tokens, "--eval-tokens")
+    cuts = _floats(thresholds)
+    if plot_path and 0.01 not in cuts:  # the plot's y axis is the paper's |J| > 0.01
+        cuts = (*cuts, 0.01)
     cfg = CompareConfig(stores=_stores(stores), acts=acts, tokens=parse_count(tokens, "--tokens"), eval_tokens=eval_n,
-                        thresholds=_floats(thresholds), batch_size=batch_size, device=device)
+                        thresholds=cuts, batch_size=batch_size, device=device)
     if plot_path:  # fail before minutes of work, not after
         try:
             import matplotlib  # noqa: F401
