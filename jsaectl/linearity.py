@@ -8,7 +8,8 @@ it is zero on one end and a straight line on the rest, *other* otherwise.
 
 Ablation: remove one unit of each active input latent (x − W_dec_x[i]) and compare every
 active output latent's change with the Jacobian's prediction −J[o, i]; they agree when
-within 0.1.
+within 0.1. Also reported: the share of ablations after which the output SAE's active set is
+unchanged, and the agreement among those (where only f's curvature can make them disagree).
 """
 
 from __future__ import annotations
@@ -62,9 +63,15 @@ def linearity_checks(model: LoadedJSAE, n_tokens: int, n_pairs: int, seed: int) 
     batch = model.analyse(x, torch.from_numpy(rows).to(model.device))
     base = batch.x if model.jacobian_at == "x" else model.sae_in.decode(batch.code_in.values, batch.code_in.indices)
     W_dec = model.sae_in.W_dec
+    # The ablation's "before": the output SAE on f(base), computed as the "after" is (not the
+    # stored y, and at x̂ when J is taken there), so the difference is the ablation's alone.
+    before_code = model.sae_out.encode(model.mlp.forward(base))
+    before = torch.zeros(len(rows), model.n_latents, device=model.device).scatter_(1, before_code.indices, before_code.values)
+    before_set = before > 0
 
     kinds: dict[str, int] = {"linear": 0, "jumprelu": 0, "other": 0}
     agree = total = 0
+    kept_agree = kept_total = 0  # the ablations after which the output SAE's active set is the same
     for b in range(len(rows)):
         ins = torch.nonzero(batch.code_in.values[b] > 0).squeeze(1)
         outs = torch.nonzero(batch.code_out.values[b] > 0).squeeze(1)
@@ -83,11 +90,18 @@ def linearity_checks(model: LoadedJSAE, n_tokens: int, n_pairs: int, seed: int) 
         code = model.sae_out.encode(model.mlp.forward(xa))
         for r, jj in enumerate(ins.tolist()):
             after = torch.zeros(model.n_latents, device=model.device).scatter_(0, code.indices[r], code.values[r])
-            delta = after[batch.code_out.indices[b, outs]] - batch.code_out.values[b, outs]
+            out_ids = batch.code_out.indices[b, outs]
+            delta = after[out_ids] - before[b, out_ids]
             predicted = -batch.J[b, outs, jj]
-            agree += int(((delta - predicted).abs() < AGREE).sum())
+            ok = int(((delta - predicted).abs() < AGREE).sum())
+            agree += ok
             total += len(outs)
+            if torch.equal(after > 0, before_set[b]):
+                kept_agree += ok
+                kept_total += len(outs)
     n = sum(kinds.values())
     return {"pairs": n, **{k: v / n if n else 0.0 for k, v in kinds.items()},
             "ablation_agree": agree / total if total else 0.0, "ablation_checks": total,
+            "ablation_topk_kept": kept_total / total if total else 0.0,
+            "ablation_agree_topk_kept": kept_agree / kept_total if kept_total else 0.0,
             "residual_threshold": RESIDUAL, "agree_within": AGREE}

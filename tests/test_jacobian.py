@@ -193,3 +193,22 @@ def test_linearity_classifier_on_known_curves():
     assert classify(t, np.maximum(0, 2 - t)) == "jumprelu"
     assert classify(t, np.sin(3 * t)) == "other"
     assert classify(t, np.where((t > 1) & (t < 3), t, 0.0)) == "other"  # two zero regions
+
+
+@pytest.mark.parametrize("at", ["x", "reconstruction"])
+def test_ablation_check_agrees_with_J_when_f_is_affine(jsae_store, at):
+    """With every ReLU unit of the MLP switched on, f is affine, so removing one unit of an input
+    latent moves each output latent by exactly −J (unless the TopK set changes): the check must
+    find (nearly) full agreement, wherever J is evaluated."""
+    from jsaectl.linearity import linearity_checks
+    from jsaectl.mlp import MLPWeights
+
+    model = LoadedJSAE.open(jsae_store)
+    m = model.mlp
+    model.mlp = MLPWeights(m.W_in, m.b_in + 1e3, m.W_out, m.b_out - m.W_out @ torch.full_like(m.b_in, 1e3), "relu")
+    model.jacobian_at = at
+    result = linearity_checks(model, n_tokens=2000, n_pairs=60, seed=0)
+    assert result["ablation_checks"] > 100 and result["ablation_topk_kept"] > 0.3
+    # Where TopK keeps the same latents, e_y ∘ f ∘ d_x is affine too: J predicts the change exactly.
+    assert result["ablation_agree_topk_kept"] == 1.0
+    assert result["ablation_agree"] > 0.7

@@ -81,7 +81,8 @@ def render(result) -> None:
         lin = result.linearity
         err.print(f"f_s over {lin['pairs']} sampled active pairs: linear {lin['linear']:.0%}, JumpReLU-like "
                   f"{lin['jumprelu']:.0%}, other {lin['other']:.0%}; ablation agrees with J (within "
-                  f"{lin['agree_within']}) for {lin['ablation_agree']:.1%} of {lin['ablation_checks']:,} checks")
+                  f"{lin['agree_within']}) for {lin['ablation_agree']:.1%} of {lin['ablation_checks']:,} checks "
+                  f"({lin['ablation_agree_topk_kept']:.1%} of the {lin['ablation_topk_kept']:.0%} where TopK kept its latents)")
     err.print(histogram(result))
     err.print(connections_table(result))
 
