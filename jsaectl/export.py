@@ -125,7 +125,11 @@ def _open_source(url: str, fmt: str) -> st.Store:
     """The store the format reads: a jsae store for weights, a jacobian store for connections."""
     if not url:
         raise ConfigError("no store given", hint="pass a jsae or jacobian store")
-    store = st.open_store(url, ("jsae", "jacobian"))
+    store = st.open_store(url, ("activations", "jsae", "jacobian"))
+    if store.kind == "activations":
+        raise StoreError(f"{store.url} is {st.describe(store.meta)}; export reads a jsae store (--format "
+                         f"{', '.join(WEIGHT_FORMATS)}) or a jacobian store (--format {', '.join(CONNECTION_FORMATS)})",
+                         hint=f"train a JSAE on it first: jsaectl train {store.url}")
     if fmt in CONNECTION_FORMATS:
         if store.kind != "jacobian":
             raise StoreError(f"--format {fmt} reads a jacobian store, and {store.url} is {st.describe(store.meta)}",
@@ -290,7 +294,8 @@ def saelens_cfg(jsae: _JSAE, side: str) -> dict[str, Any]:
             "context_size": int(jsae.meta["context_size"]),
             "dataset_path": jsae.dataset,
             "neuronpedia_id": None,
-            "jsaectl": {**jsae.provenance(side), "partner": "sae_out" if side == "in" else "sae_in"},
+            "jsaectl": {**jsae.provenance(side), "partner": "sae_out" if side == "in" else "sae_in",
+                        "partner_hook_name": jsae.tl_hook("out" if side == "in" else "in")},
         },
     }
 

@@ -87,6 +87,8 @@ def test_saelens_folders_encode_and_decode_like_jsaectl(jsae_store, saes, inputs
         assert cfg["normalize_activations"] == "none" and not cfg["rescale_acts_by_decoder_norm"]
         md = cfg["metadata"]
         assert md["hook_name"] == f"blocks.{meta['layer']}.{hook}" and "hook_name_out" not in md
+        other = "mlp.hook_out" if side == "in" else "mlp.hook_in"
+        assert md["jsaectl"]["partner_hook_name"] == f"blocks.{meta['layer']}.{other}"
         assert md["model_name"] == meta["model"]["name"] and md["context_size"] == meta["context_size"] == 32
         assert md["prepend_bos"] is meta["data"]["bos"] and int(md["sae_lens_version"].split(".")[0]) >= 6
         # SAELens TopK, driven by the cfg: (x - b_dec·apply_b_dec_to_input) @ W_enc + b_enc.
@@ -268,8 +270,9 @@ def test_refusals_are_one_line_and_touch_nothing(jsae_store, jac_store, acts_sto
     assert all(f in line for f in FORMATS)
     line = _refused([jsae_store, "-f", "connections-csv", "-o", new], 1, tmp_path)
     assert "jacobian store" in line and all(f in line for f in ("saelens", "sparsify", "jsae-pair"))
-    line = _refused([acts_store, "-f", "saelens", "-o", new], 1, tmp_path)
-    assert "activations store" in line
+    for fmt in ("saelens", "connections-csv"):
+        line = _refused([acts_store, "-f", fmt, "-o", new], 1, tmp_path)
+        assert "is an activations store" in line and all(f in line for f in FORMATS) and "jsaectl train" in line
     line = _refused([jsae_store, "-f", "saelens", "-o", new, "--top", "3"], 2, tmp_path)
     assert "--top" in line
     assert not os.path.exists(new)
