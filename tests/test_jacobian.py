@@ -84,6 +84,7 @@ def test_per_token_arrays_and_histogram(jac, brute):
     np.testing.assert_allclose(g["per_token/J"][...], J, rtol=1e-6, atol=1e-8)
     assert (g["per_token/token"][...] == torch.cat([b.rows for b in batches]).numpy()).all()
     assert (g["per_token/out_idx"][...] == torch.cat([b.code_out.indices for b in batches]).numpy()).all()
+    assert (g["per_token/in_idx"][...] == torch.cat([b.code_in.indices for b in batches]).numpy()).all()
     assert g["histogram/counts"][...].sum() == (J != 0).sum()
 
 
@@ -141,11 +142,49 @@ def test_maxact_cli_json_and_errors(jsae_store, acts_store):
     totals = [item["count"] for item in doc["latents"]]
     assert len(doc["latents"]) == 3 and all(len(item["examples"]) == 2 for item in doc["latents"])
     assert set(doc["latents"][0]["examples"][0]) >= {"rank", "activation", "row", "tokens", "activations", "focus"}
-    assert totals
+    assert totals == sorted(totals, reverse=True) and totals[-1] > 0
     for args, message in (([jsae_store, "--latent", "999"], "out of range"), ([acts_store, "--latent", "1"], "needs a jsae store"),
                           ([jsae_store], "exactly one of"), ([jsae_store, "--connection", "1-2"], "IN:OUT")):
         bad = runner.invoke(app, ["maxact", *args])
         assert bad.exit_code in (1, 2) and bad.stdout == "" and message in bad.stderr, bad.output
+        assert len(bad.stderr.strip().splitlines()) == 1 and bad.stderr.startswith("jsaectl: error:")
+
+
+def test_maxact_input_side_product_ranking_and_context(jsae_store, jac, brute):
+    model, batches = brute
+    latent = int(torch.cat([b.code_in.indices[b.code_in.values > 0] for b in batches]).mode().values)
+    result = runner.invoke(app, ["maxact", jsae_store, "--side", "in", "--latent", str(latent), "--examples", "3",
+                                 "--context", "2", "-n", str(N), "--json"])
+    assert result.exit_code == 0, result.output
+    item = json.loads(result.stdout)["latents"][0]
+    values = torch.cat([(b.code_in.values * (b.code_in.indices == latent)).sum(1) for b in batches])
+    np.testing.assert_allclose([e["activation"] for e in item["examples"]], torch.topk(values, 3).values.numpy(), rtol=1e-5)
+    assert all(len(e["tokens"]) <= 5 and len(e["tokens"]) == len(e["activations"]) for e in item["examples"])
+    c = jac.top[0]
+    result = runner.invoke(app, ["maxact", jsae_store, "--connection", f"{c.input}:{c.output}", "--rank-by", "product",
+                                 "--examples", "4", "-n", str(N), "--json"])
+    assert result.exit_code == 0, result.output
+    examples = json.loads(result.stdout)["latents"][0]["examples"]
+    products = [e["extra"]["in_activation"] * e["extra"]["out_activation"] for e in examples]
+    assert products == sorted(products, reverse=True)
+    np.testing.assert_allclose([e["activation"] for e in examples], products, rtol=1e-5)
+
+
+def test_jacobian_on_held_out_acts_with_custom_thresholds(jsae_store, gpt2_dir, tmp_path):
+    from jsaectl.harvest import HarvestConfig, harvest
+
+    text = tmp_path / "other.txt"
+    text.write_text("Ein ganz anderer Text, den das SAE nie gesehen hat. " * 200)
+    held = harvest(HarvestConfig(model=str(gpt2_dir), layer=1, dataset=str(text), tokens=1024, context_size=32,
+                                 out=str(tmp_path / "held.zarr"))).store
+    result = runner.invoke(app, ["jacobian", jsae_store, "--acts", held, "--thresholds", "0.001,0.1", "-n", "1k",
+                                 "-o", str(tmp_path / "j.zarr"), "--json"])
+    assert result.exit_code == 0, result.output
+    meta = zarr.open_group(str(tmp_path / "j.zarr"), mode="r").attrs["jsaectl"]
+    assert meta["acts_store"] == held and meta["n_tokens"] == 1000 - 32  # -n 1k: 1000 rows, less a BOS every 32
+    assert set(meta["sparsity"]) == {"0.001", "0.1", "mass90"}
+    assert meta["sparsity"]["0.001"]["mean_count"] >= meta["sparsity"]["0.1"]["mean_count"]
+    assert "histogram of |J|" in result.stderr and "%" in result.stderr.split("histogram of |J|")[1]
 
 
 def test_pipeline_ends_with_the_table_on_stderr(gpt2_dir, corpus, tmp_path):

@@ -98,7 +98,7 @@ def jacobian_cmd(
     per_token: Annotated[bool, typer.Option("--per-token", help="Also store every token's J [N, k, k] with its index arrays (N·k²·4 bytes).")] = False,
     linearity: Annotated[int, typer.Option("--linearity", help="Run the paper's linearity and ablation checks on N sampled active pairs (0: skip).")] = 0,
     label_examples: Annotated[int, typer.Option("--label-examples", help="Top activations per latent that its label is drawn from.")] = 20,
-    max_pairs: Annotated[str, typer.Option("--max-pairs", help="Most latent pairs accumulated at once (memory ≈ 40 bytes each); the weakest are dropped beyond it.")] = "4M",
+    max_pairs: Annotated[str, typer.Option("--max-pairs", help="Most latent pairs accumulated at once (memory ≈ 40 bytes each); beyond it the exact sums spill to disk. Also the most pairs stored, strongest first.")] = "4M",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --linearity sample.")] = 0,
     include_bos: Annotated[bool, typer.Option("--include-bos", help="Include the BOS token that starts each context (skipped by default: its activations are outliers).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Tokens per batch.")] = 1024,
