@@ -36,6 +36,23 @@ def test_corpus_is_small_mixed_labelled_and_sourced():
     assert all(d["source"] in sources for d in sample + heldout) and "licence" in sources.lower()
 
 
+def test_every_source_package_ships_its_copyright_and_the_copyleft_texts():
+    import gzip
+    import re
+
+    folder = ASSETS / "corpus" / "licences"
+    sources = (ASSETS / "corpus" / "SOURCES.md").read_text()
+    rows = [line.split("|") for line in sources.splitlines() if line.startswith("| ") and "(" in line]
+    packages = {pkg for row in rows for pkg in re.findall(r"([a-z0-9][a-z0-9.+-]+) \(\d[^)]*\)", row[2])}
+    assert len(packages) >= 15
+    for pkg in packages:
+        text = gzip.decompress((folder / f"{pkg}.copyright.gz").read_bytes()).decode()
+        assert "Copyright" in text or "copyright" in text, pkg
+    assert "GNU GENERAL PUBLIC LICENSE" in gzip.decompress((folder / "GPL-3.gz").read_bytes()).decode()
+    assert "Mozilla Public License" in gzip.decompress((folder / "MPL-2.0.gz").read_bytes()).decode()
+    assert "Attribution-ShareAlike 4.0" in gzip.decompress((folder / "debian-paketmanagement-buch.copyright.gz").read_bytes()).decode()
+
+
 def test_model_is_small_and_loads_offline():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -14,10 +14,12 @@ has fewer bytes so far, so every prefix of the file is mixed. Deterministic for 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import math
 import random
+import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -130,7 +132,10 @@ order that alternates between the languages by bytes, so any prefix mixes Englis
 ## Sources
 
 All text comes from Debian 12 (bookworm) packages. Licences are those stated in each package's
-own `/usr/share/doc/<package>/copyright` file.
+own `/usr/share/doc/<package>/copyright` file, shipped beside this file as
+`licences/<package>.copyright.gz`, with the full texts of the GPL-2, GPL-3 and MPL-2.0 from
+Debian's `/usr/share/common-licenses/` (`licences/GPL-2.gz`, …; the CC-BY-SA-4.0 text is in
+`licences/debian-paketmanagement-buch.copyright.gz`).
 
 | source id | package (version) | lang | registers (docs) | licence | docs | bytes | notes |
 |---|---|---|---|---|---:|---:|---|
@@ -139,11 +144,16 @@ own `/usr/share/doc/<package>/copyright` file.
 **Copyleft notice.** Much of the German text (and the Linux, Debian and LibreOffice manuals in
 English) is copyleft: GPL-2(+)/GPL-3+ (man pages, fortunes-de, Debian manuals, Linux docs),
 MPL-2.0 (LibreOffice help, weak copyleft) and CC-BY-SA-4.0 (the Debian package management
-book). Those excerpts remain under their licences, whose full texts are in Debian's
-`/usr/share/common-licenses/` and at gnu.org, mozilla.org and creativecommons.org; anyone
+book). Those excerpts remain under their licences, whose full texts are in `licences/`; anyone
 redistributing this file must honour them. Public domain: the Jane Austen novels, Moby Dick,
 the King James Bible and the Jargon File; permissive: the Python documentation (PSF licence),
 the BSD fortunes and the Debian FAQ.
+
+**Registers.** The English half holds narrative prose and dialogue (Austen, Moby Dick),
+scripture, verse, quotations, reference and documentation. The German half holds
+documentation, reference pages, quotations, recipes, anecdotes and verse, but no long-form
+prose or dialogue: Debian 12 packages no German literature under a free licence that this
+recipe could extract as text.
 
 {descriptions}
 
@@ -160,6 +170,20 @@ Python 3.10+. From the repository root:
 The result is byte-identical for the same package versions (listed above); newer Debian point
 releases may change a few documents.
 """
+
+
+COMMON_LICENCES = ("GPL-2", "GPL-3", "MPL-2.0")  # the copyleft licences of the bundled text
+
+
+def write_licences(corpus: Path, out: Path, common: Path = Path("/usr/share/common-licenses")) -> None:
+    """Each package's copyright file (copied by build.py into CORPUS/licences) and the full
+    texts of the copyleft licences, gzipped reproducibly (mtime 0), into OUT/licences."""
+    dest = out / "licences"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    sources = [*sorted((corpus / "licences").glob("*.copyright")), *(common / name for name in COMMON_LICENCES)]
+    for src in sources:
+        (dest / f"{src.name}.gz").write_bytes(gzip.compress(src.read_bytes(), compresslevel=9, mtime=0))
 
 
 def main() -> None:
@@ -191,6 +215,7 @@ def main() -> None:
     if args.max_bytes != 2_700_000 or args.heldout_bytes != 250_000 or args.seed != 0:
         sample_cmd += f" --max-bytes {args.max_bytes} --heldout-bytes {args.heldout_bytes} --seed {args.seed}"
     (args.out / "SOURCES.md").write_text(sources_md(sample, table, corpus_cmd, sample_cmd), encoding="utf-8")
+    write_licences(args.corpus, args.out)
     size = (args.out / "sample.jsonl").stat().st_size
     print(f"{args.out / 'sample.jsonl'}: {len(sample)} documents, {size:,} bytes")
     size = (args.out / "heldout.jsonl").stat().st_size
