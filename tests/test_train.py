@@ -156,6 +156,11 @@ def test_bad_options_are_refused_and_touch_nothing(acts, tmp_path):
     assert "different config" in _bad([acts, *SMALL, "--tokens", "4k", "-o", out], 1, stores)
     assert "no store at" in _bad([str(tmp_path / "nothing.zarr")], 1, stores)
     assert "no store arrived on stdin" in _bad([], 1, stores)
+    # The same command again is a no-op that still names the store (so scripts can re-run).
+    before = {p: p.stat().st_mtime_ns for p in Path(out).rglob("*")}
+    again = runner.invoke(app, ["train", acts, *SMALL, "--tokens", "2k", "-o", out])
+    assert again.exit_code == 0 and again.stdout.strip() == out and "already trained" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in Path(out).rglob("*")} == before
 
 
 def test_a_terminal_on_stdin_fails_at_once_instead_of_waiting():
