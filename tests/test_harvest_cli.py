@@ -90,6 +90,7 @@ def test_text_shorter_than_tokens_gives_a_trimmed_complete_store(gpt2_dir, corpu
     g = zarr.open_group(summary["store"], mode="r")
     assert summary["complete"] and summary["n_tokens"] == g["x"].shape[0] == g.attrs["jsaectl"]["n_tokens"]
     assert 0 < summary["n_tokens"] < 10_000_000 and summary["n_tokens"] % 64 == 0
+    assert summary["d_model"] == g["x"].shape[1] == 32 and summary["tokens_per_second"] > 0
 
 
 def test_a_kill_between_trimming_and_completing_resumes(gpt2_dir, corpus, tmp_path):
