@@ -144,47 +144,47 @@ class _Splicer:
         self._handles = [site.input_module.register_forward_pre_hook(self._pre, with_kwargs=True),
                          site.output_module.register_forward_hook(self._post)]
 
-    def _keep(self, shape: torch.Size) -> torch.Tensor:
-        """Positions the SAE replaces: all but a BOS position 0 it never saw in training."""
-        mask = torch.ones(shape[:-1], dtype=torch.bool, device=self.run.device)
+    def _keep(self, shape: torch.Size, where: str) -> torch.Tensor:
+        """Positions the SAE replaces: all but a BOS position 0 it never saw in training, laid
+        out as the module sees them (``[B, T, d]``, or ``[B·T, d]`` as OPT flattens them)."""
+        B, T = self._ids_shape
+        if math.prod(shape[:-1]) != B * T:
+            raise ModelError(f"layer {self.site.layer}'s MLP {where} has shape {tuple(shape)}, not one row per token "
+                             f"of the [{B}, {T}] batch", hint="--eval-tokens 0 skips the splice scores; please report this architecture")
+        mask = torch.ones(B, T, dtype=torch.bool, device=self.run.device)
         if self.run.skip_bos:
             mask[:, 0] = False
-        return mask.unsqueeze(-1)
+        return mask.reshape(*shape[:-1], 1)
 
     def _pre(self, module: Any, args: tuple, kwargs: dict) -> Any:
         if self.mode != "sae_in":
             return None
-        if args and isinstance(args[0], torch.Tensor):
-            x = args[0]
-        else:  # a module called with keywords only would silently keep its clean input: refuse
+        if not (args and isinstance(args[0], torch.Tensor)):  # keywords only: the splice would silently do nothing
             raise ModelError(f"layer {self.site.layer}'s MLP input is not its first positional argument; cannot splice the input SAE",
-                             hint="compare with --eval-tokens 0 skips the splice scores; please report this architecture")
-        if x.shape[:-1] != self._shape:
-            raise ModelError(f"layer {self.site.layer}'s MLP input has shape {tuple(x.shape)}, not [batch, context, d_model]",
-                             hint="compare with --eval-tokens 0 skips the splice scores; please report this architecture")
+                             hint="--eval-tokens 0 skips the splice scores; please report this architecture")
+        x = args[0]
+        keep = self._keep(x.shape, "input")
         flat = x.reshape(-1, x.shape[-1]).float()
         code = self.run.sae_in.encode(flat)
         x_hat = self.run.sae_in.decode(code.values, code.indices).reshape(x.shape).to(x.dtype)
-        return (torch.where(self._keep(x.shape), x_hat, x), *args[1:]), kwargs
+        return (torch.where(keep, x_hat, x), *args[1:]), kwargs
 
     def _post(self, module: Any, args: tuple, output: Any) -> Any:
         y = output[0] if isinstance(output, tuple) else output
-        if self.mode in ("zero", "sae_out") and y.shape[:-1] != self._shape:
-            raise ModelError(f"layer {self.site.layer}'s MLP output has shape {tuple(y.shape)}, not [batch, context, d_model]",
-                             hint="compare with --eval-tokens 0 skips the splice scores; please report this architecture")
         if self.mode == "zero":  # the baseline leaves alone what the SAEs leave alone (a BOS position 0)
-            new = torch.where(self._keep(y.shape), torch.zeros_like(y), y)
+            new = torch.where(self._keep(y.shape, "output"), torch.zeros_like(y), y)
         elif self.mode == "sae_out":
+            keep = self._keep(y.shape, "output")
             flat = y.reshape(-1, y.shape[-1]).float()
             code = self.run.sae_out.encode(flat)
             y_hat = self.run.sae_out.decode(code.values, code.indices).reshape(y.shape).to(y.dtype)
-            new = torch.where(self._keep(y.shape), y_hat, y)
+            new = torch.where(keep, y_hat, y)
         else:
             return None
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     def logits(self, ids: torch.Tensor, mode: str) -> torch.Tensor:
-        self.mode, self._shape = mode, ids.shape
+        self.mode, self._ids_shape = mode, tuple(ids.shape)
         try:
             return self.loaded.model(input_ids=ids, use_cache=False).logits.float()
         finally:

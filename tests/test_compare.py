@@ -145,3 +145,17 @@ def test_refusals(acts_store, jsae_store):
     assert result.exit_code == 2 and "no stores to compare" in result.stderr
     result = runner.invoke(app, ["compare", jsae_store, "--json", "--csv"])
     assert result.exit_code == 2 and "exclusive" in result.stderr
+
+
+@pytest.mark.parametrize("family", ["opt", "llama"])
+def test_splicing_works_for_flattened_and_gated_mlps(family, model_factory, corpus, tmp_path):
+    """OPT hands its MLP [B·T, d] rows; Llama's MLP is gated. Both SAEs splice in and change the loss."""
+    from jsaectl.harvest import HarvestConfig, harvest
+
+    acts = harvest(HarvestConfig(model=str(model_factory(family)), layer=1, dataset=str(corpus), tokens=8192,
+                                 context_size=32, out=str(tmp_path / "a.zarr"))).store
+    jsae = train(TrainConfig(acts=acts, expansion=4, k=4, batch_size=256, tokens=8192, out=str(tmp_path / "j.zarr"))).store
+    values = compare(CompareConfig(stores=(jsae,), tokens=1000, eval_tokens=320, batch_size=512))[0][0].values
+    assert values["ce_zero"] != pytest.approx(values["ce_clean"], rel=1e-6)
+    for side in ("in", "out"):
+        assert np.isfinite(values[f"ce_score_{side}"]) and values[f"ce_{side}"] != pytest.approx(values["ce_clean"], rel=1e-6)
