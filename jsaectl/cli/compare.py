@@ -156,4 +156,5 @@ def compare_cmd(
             writer.writerow([r.store, r.name, r.info["lam"], r.info["k"], r.info["model"], r.info["layer"], r.info["random_init"],
                              *[r.values.get(k, "") for k in keys]])
     else:
-        Console(highlight=False).print(table(results, cfg.thresholds))
+        # Piped, rich would squeeze the table into 80 columns; it only takes the width it needs.
+        Console(highlight=False, width=None if sys.stdout.isatty() else 240).print(table(results, cfg.thresholds))

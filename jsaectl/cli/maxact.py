@@ -59,7 +59,7 @@ def render(result, console: Console) -> None:
         title = f"connection {item.latent}" if item.side == "connection" else \
             f"{'input' if item.side == 'in' else 'output'} SAE latent {item.latent}"
         console.print(Text(title, style="bold"), Text(f" — {item.label}; active on "
-                      f"{item.count:,} of {result.n_tokens:,} tokens", style="dim"))
+                      f"{item.count:,} of {result.n_tokens:,} tokens", style="dim"), soft_wrap=True)
         peak = max((max(e.activations) for e in item.examples if e.activations), default=0.0)
         plain = not console.is_terminal or console.no_color
         for example in item.examples:
