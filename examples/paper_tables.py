@@ -22,6 +22,7 @@ ROWS = [
     ("CE-loss score, input / output SAE", ("ce_score_in", "ce_score_out"), "{:.3f}"),
     ("KL score, input / output SAE", ("kl_score_in", "kl_score_out"), "{:.3f}"),
     ("dead latents, input / output", ("dead_in", "dead_out"), "{:.1%}"),
+    ("CE clean / with the MLP output zeroed (nats)", ("ce_clean", "ce_zero"), "{:.3f}"),
 ]
 
 
@@ -29,7 +30,7 @@ def _cell(run: dict, key, fmt: str) -> str:
     if fmt == "count":
         return f"{run[key]:.1f} ({run[key + '_frac']:.1%})"
     keys = key if isinstance(key, tuple) else (key,)
-    return " / ".join(fmt.format(run[k]) for k in keys)
+    return " / ".join("–" if run.get(k) is None or run[k] != run[k] else fmt.format(run[k]) for k in keys)  # NaN: undefined
 
 
 def table(columns: list[tuple[str, dict]]) -> str:
@@ -38,8 +39,7 @@ def table(columns: list[tuple[str, dict]]) -> str:
         lines.append(f"| {label} | " + " | ".join(_cell(run, key, fmt) for _, run in columns) + " |")
     first = columns[0][1]
     lines.append(f"\n(k = {first['k']}, so k² = {first['k'] ** 2} entries per token; {first['tokens']:,} held-out tokens for "
-                 f"reconstruction and |J|, {first.get('eval_tokens', 0):,} for the CE/KL scores; "
-                 f"CE clean {first.get('ce_clean', float('nan')):.3f}, MLP output zeroed {first.get('ce_zero', float('nan')):.3f} nats/token.)")
+                 f"reconstruction and |J|, {first.get('eval_tokens', 0):,} for the CE/KL scores.)")
     return "\n".join(lines)
 
 

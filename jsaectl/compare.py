@@ -35,6 +35,11 @@ from jsaectl.pair import LoadedJSAE, site_of
 from jsaectl.progress import SILENT, Reporter
 
 
+# Below this (nats per token) zero-ablating the MLP barely matters, and the CE score, a ratio
+# over that difference, is noise (a randomly initialised model's MLP can even hurt the loss).
+MIN_CE_GAP = 1e-3
+
+
 @dataclass
 class CompareConfig:
     stores: tuple[str, ...] = ()
@@ -207,6 +212,11 @@ def _splice_scores(run: LoadedJSAE, cfg: CompareConfig, model_cache: dict, repor
                                       device=run.device, random_init=bool(prov.get("random_init")), seed=prov.get("seed") or 0)
     loaded = model_cache[key]
     site = locate_mlp(loaded.model, int(run.acts.meta["layer"]))
+    stored = run.acts.mlp("cpu")
+    if not all(torch.allclose(getattr(site.weights, w), getattr(stored, w), rtol=1e-3, atol=1e-6) for w in ("W_in", "W_out")):
+        raise ModelError(f"the model loaded for the CE/KL scores ({prov.get('name')}) has other MLP weights at layer "
+                         f"{run.acts.meta['layer']} than the activations store {run.acts.url} recorded",
+                         hint="the model changed since the harvest (pin --revision), or pass --eval-tokens 0 to skip the splice scores")
     splicer = _Splicer(run, loaded, site)
     T = run.acts.context_size
     n_ctx = max(1, min(cfg.eval_tokens // T, run.acts.n_tokens // T))
@@ -233,7 +243,8 @@ def _splice_scores(run: LoadedJSAE, cfg: CompareConfig, model_cache: dict, repor
     out = {"ce_clean": ce["clean"], "ce_zero": ce["zero"], "eval_tokens": count}
     for side in ("in", "out"):
         out[f"ce_{side}"] = ce[f"sae_{side}"]
-        out[f"ce_score_{side}"] = (ce["zero"] - ce[f"sae_{side}"]) / (ce["zero"] - ce["clean"]) if ce["zero"] != ce["clean"] else math.nan
+        gap = ce["zero"] - ce["clean"]
+        out[f"ce_score_{side}"] = (ce["zero"] - ce[f"sae_{side}"]) / gap if gap > MIN_CE_GAP else math.nan
         out[f"kl_{side}"] = kl[f"sae_{side}"]
         out[f"kl_score_{side}"] = (kl["zero"] - kl[f"sae_{side}"]) / kl["zero"] if kl["zero"] > 0 else math.nan
     return out
@@ -257,6 +268,9 @@ def compare(cfg: CompareConfig, reporter: Reporter = SILENT) -> tuple[list[RunMe
         values = _reconstruction(run, cfg, thresholds)
         if cfg.eval_tokens > 0:
             values |= _splice_scores(run, cfg, model_cache, reporter)
+            if values["ce_zero"] - values["ce_clean"] <= MIN_CE_GAP:
+                notes.append(f"{_name(run.store.meta)}: zeroing the MLP output does not raise the loss ({values['ce_clean']:.3f} → "
+                             f"{values['ce_zero']:.3f} nats), so its CE-loss scores are undefined (shown as –)")
         meta = run.store.meta
         info = {"lam": meta.get("lam"), "k": run.k, "n_latents": run.n_latents, "layer": meta.get("layer"),
                 "model": (meta.get("model") or {}).get("name"), "random_init": bool((meta.get("model") or {}).get("random_init")),

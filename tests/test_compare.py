@@ -159,3 +159,34 @@ def test_splicing_works_for_flattened_and_gated_mlps(family, model_factory, corp
     assert values["ce_zero"] != pytest.approx(values["ce_clean"], rel=1e-6)
     for side in ("in", "out"):
         assert np.isfinite(values[f"ce_score_{side}"]) and values[f"ce_{side}"] != pytest.approx(values["ce_clean"], rel=1e-6)
+
+
+def test_a_model_changed_since_the_harvest_is_refused_and_an_undefined_score_is_flagged(gpt2_dir, corpus, tmp_path):
+    import shutil
+
+    from jsaectl.harvest import HarvestConfig, harvest
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(gpt2_dir, model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():  # an MLP whose output hardly matters: zero-ablating it cannot raise the loss
+        model.transformer.h[1].mlp.c_proj.weight.mul_(1e-4)
+        model.transformer.h[1].mlp.c_proj.bias.mul_(1e-4)
+    model.save_pretrained(model_dir)
+    acts = harvest(HarvestConfig(model=str(model_dir), layer=1, dataset=str(corpus), tokens=4096, context_size=32,
+                                 out=str(tmp_path / "a.zarr"))).store
+    jsae = train(TrainConfig(acts=acts, expansion=4, k=4, batch_size=256, tokens=4096, out=str(tmp_path / "j.zarr"))).store
+    results, notes = compare(CompareConfig(stores=(jsae,), tokens=500, eval_tokens=320))
+    values = results[0].values
+    assert abs(values["ce_zero"] - values["ce_clean"]) < 1e-3
+    assert np.isnan(values["ce_score_in"]) and np.isnan(values["ce_score_out"]) and any("undefined" in n for n in notes)
+    result = runner.invoke(app, ["compare", jsae, "-n", "500", "--eval-tokens", "320", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)[0]["ce_score_out"] is None  # JSON null, not NaN
+
+    with torch.no_grad():  # the model changes after the harvest
+        model.transformer.h[1].mlp.c_fc.weight.mul_(1.5)
+    model.save_pretrained(model_dir)
+    result = runner.invoke(app, ["compare", jsae, "-n", "500", "--eval-tokens", "320"])
+    assert result.exit_code == 1 and result.stdout == "" and "other MLP weights" in result.stderr
+    assert runner.invoke(app, ["compare", jsae, "-n", "500", "--eval-tokens", "0"]).exit_code == 0

@@ -147,7 +147,9 @@ def compare_cmd(
         plot(results, plot_path)
         err.print(f"trade-off plot written to {plot_path}")
     if json_out:
-        sys.stdout.write(json.dumps([{"store": r.store, "name": r.name, **r.info, **r.values} for r in results]) + "\n")
+        clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731  (JSON has no NaN: null)
+        sys.stdout.write(json.dumps([{"store": r.store, "name": r.name, **r.info, **{k: clean(v) for k, v in r.values.items()}}
+                                     for r in results]) + "\n")
     elif csv_out:
         keys = sorted({k for r in results for k in r.values})
         writer = csv.writer(sys.stdout)
