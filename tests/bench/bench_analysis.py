@@ -13,8 +13,9 @@ and over the same tokens, in one run:
   jacobian         both SAEs, y = f(x), J for every token, connections, labels
 
 Target (issue #5): maxact within 2x of the bare encoder matmul.
-Measured on the 2-core CPU development machine (2026-11-25, torch 2.13.0 CPU, 2 threads), full shape:
-  bare matmul 8,967 tokens/s; bare + read 8,467; maxact 6,563 (1.37x the bare matmul's time); jacobian 1,897.
+Measured on the 2-core CPU development machine (torch 2.13.0 CPU, 2 threads), full shape:
+  2026-11-26: bare matmul 7,011 tokens/s; bare + read 6,518; maxact 4,893 (1.43x the bare matmul's time); jacobian 1,628.
+  2026-11-25: bare matmul 8,967 tokens/s; bare + read 8,467; maxact 6,563 (1.37x the bare matmul's time); jacobian 1,897.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ Both sides see the same contexts in the same batches (16 × 256 tokens). The ful
 stops the forward pass inside layer 3's MLP and also writes the store (float16, a background
 thread). Target (issue #2): >= 3x.
 
-Measured on the 2-core CPU development machine (2026-11-25, torch 2.13.0 CPU, 2 threads):
-  full forward 477 tokens/s, jsaectl harvest layer 3 3,029 tokens/s: 6.35x.
+Measured on the 2-core CPU development machine (torch 2.13.0 CPU, 2 threads):
+  2026-11-26: full forward 387 tokens/s, jsaectl harvest layer 3 2,414 tokens/s: 6.24x.
+  2026-11-25: full forward 477 tokens/s, jsaectl harvest layer 3 3,029 tokens/s: 6.35x.
 """
 
 from __future__ import annotations

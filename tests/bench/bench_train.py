@@ -14,11 +14,12 @@ GELU MLP, Adam, decoder renormalisation included in every variant):
 
 Targets (issue #4): (a) >= 2.5x the throughput of (d); (b) >= 1.3x the throughput of (c).
 
-Measured on the 2-core CPU development machine (2026-11-25, AMD EPYC, torch 2.13.0 CPU, 2 threads,
-nothing else running), Pythia-70m shape:
-  (a) 3.837 s/step  1,068 tokens/s     (b) 1.812 s/step  2,260 tokens/s
-  (c) 3.378 s/step  1,213 tokens/s     (d) 11.416 s/step   359 tokens/s
-  (a) vs (d): 2.98x      (b) vs (c): 1.86x      (a)/(b): 2.12x
+Measured on the 2-core CPU development machine (2026-11-26, AMD EPYC, torch 2.13.0 CPU, 2 threads,
+a shared host), Pythia-70m shape, median of 5 steps with the variants taking turns:
+  (a) 4.890 s/step    838 tokens/s     (b) 2.201 s/step  1,861 tokens/s
+  (c) 4.345 s/step    943 tokens/s     (d) 12.948 s/step   316 tokens/s
+  (a) vs (d): 2.65x      (b) vs (c): 1.97x      (a)/(b): 2.22x
+(2026-11-25, variants timed one after the other: 2.98x and 1.86x.)
 """
 
 from __future__ import annotations
@@ -87,20 +88,10 @@ def _baseline_step(params, opt, mlp: MLPWeights, x: Tensor, k: int, lam: float |
             ps[2] /= ps[2].norm(dim=1, keepdim=True)
 
 
-def _time(step, repeats: int) -> list[float]:
-    step()  # warm-up: allocations, thread pools
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - began)
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="d=128, m=512, n=4096, B=1024 (seconds, not minutes)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant, after one warm-up step")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per variant, after one warm-up step; variants take turns")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", default="abcd", help="which variants to run, e.g. 'ab'")
     args = parser.parse_args()
@@ -113,8 +104,8 @@ def main() -> None:
     x = torch.randn(B, d, generator=g).to(device)
     print(f"d={d} m={m} n={n} k={k} B={B} on {device} ({torch.get_num_threads()} threads), {args.repeats} timed steps each")
 
-    results: dict[str, float] = {}
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)  # noqa: E731
+    steps: dict[str, tuple[str, object]] = {}
     for key in args.only:
         if key in "ab":
             cfg = TrainConfig(acts="bench", latents=n, k=k, batch_size=B, lam=1.0 if key == "a" else 0.0, tokens=B * 1000,
@@ -127,9 +118,19 @@ def main() -> None:
             lam = 1.0 if key == "d" else None
             step = lambda p=params, o=opt, lam=lam: (_baseline_step(p, o, mlp, x, k, lam), sync())  # noqa: E731
             label = "(c) autograd pair" if key == "c" else "(d) published method"
-        times = _time(step, args.repeats)
-        results[key] = statistics.median(times)
-        print(f"{label:24s} {results[key]:7.3f} s/step  {B / results[key]:9,.0f} tokens/s   (steps: {', '.join(f'{t:.2f}' for t in times)})")
+        step()  # warm-up: allocations, thread pools
+        steps[key] = (label, step)
+    # Round-robin: each repeat times one step of every variant, so a drift in the machine's
+    # speed (a shared host) hits all variants alike instead of whichever ran during it.
+    times: dict[str, list[float]] = {key: [] for key in steps}
+    for _ in range(args.repeats):
+        for key, (_, step) in steps.items():
+            began = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - began)
+    results = {key: statistics.median(t) for key, t in times.items()}
+    for key, (label, _) in steps.items():
+        print(f"{label:24s} {results[key]:7.3f} s/step  {B / results[key]:9,.0f} tokens/s   (steps: {', '.join(f'{t:.2f}' for t in times[key])})")
     if {"a", "d"} <= results.keys():
         print(f"(a) vs (d): {results['d'] / results['a']:.2f}x the throughput of the published method (target >= 2.5x)")
     if {"b", "c"} <= results.keys():
