@@ -31,7 +31,7 @@ from jsaectl import store as st
 from jsaectl.errors import ConfigError, ModelError
 from jsaectl.jacobian import DEFAULT_THRESHOLDS
 from jsaectl.jsae import mass_count
-from jsaectl.pair import LoadedJSAE, site_of
+from jsaectl.pair import LoadedJSAE, describe_site, site_of
 from jsaectl.progress import SILENT, Reporter
 
 
@@ -89,16 +89,12 @@ def _check_compatible(runs: list[LoadedJSAE]) -> list[str]:
     if len(ks) > 1:
         notes.append(f"the runs have different k ({', '.join(map(str, sorted(ks)))}): compare the Jacobian sparsity "
                      "as a fraction of k², not as counts")
-    sites = {site_of(r.store.meta) for r in runs}  # (--acts of another site was refused when the runs were opened)
+    # (--acts of another site was refused when the runs were opened)
+    sites = {site_of(r.store.meta): describe_site(r.store.meta) for r in runs}
     if len(sites) > 1:
-        notes.append("the runs come from different sites (" + "; ".join(sorted(map(_site_name, sites))) + "): their CE/KL "
+        notes.append("the runs come from different sites (" + "; ".join(sorted(sites.values())) + "): their CE/KL "
                      "scores and Jacobian sparsity are each relative to their own MLP, not to one another's")
     return notes
-
-
-def _site_name(site: tuple) -> str:
-    name, _revision, layer, random_init, seed = site
-    return f"{str(name).rstrip('/').split('/')[-1]} layer {layer}" + (f" random init seed {seed}" if random_init else "")
 
 
 @torch.no_grad()
@@ -161,31 +157,29 @@ class _Splicer:
             mask[:, 0] = False
         return mask.reshape(*shape[:-1], 1)
 
+    def _spliced(self, v: torch.Tensor, sae: Any, where: str) -> torch.Tensor:
+        """``v`` with every replaced position swapped for the SAE's reconstruction (or for 0
+        when ``sae`` is None: the zero-ablation baseline touches the same positions)."""
+        keep = self._keep(v.shape, where)
+        if sae is None:
+            return torch.where(keep, torch.zeros_like(v), v)
+        code = sae.encode(v.reshape(-1, v.shape[-1]).float())
+        v_hat = sae.decode(code.values, code.indices).reshape(v.shape).to(v.dtype)
+        return torch.where(keep, v_hat, v)
+
     def _pre(self, module: Any, args: tuple, kwargs: dict) -> Any:
         if self.mode != "sae_in":
             return None
         if not (args and isinstance(args[0], torch.Tensor)):  # keywords only: the splice would silently do nothing
             raise ModelError(f"layer {self.site.layer}'s MLP input is not its first positional argument; cannot splice the input SAE",
                              hint="--eval-tokens 0 skips the splice scores; please report this architecture")
-        x = args[0]
-        keep = self._keep(x.shape, "input")
-        flat = x.reshape(-1, x.shape[-1]).float()
-        code = self.run.sae_in.encode(flat)
-        x_hat = self.run.sae_in.decode(code.values, code.indices).reshape(x.shape).to(x.dtype)
-        return (torch.where(keep, x_hat, x), *args[1:]), kwargs
+        return (self._spliced(args[0], self.run.sae_in, "input"), *args[1:]), kwargs
 
     def _post(self, module: Any, args: tuple, output: Any) -> Any:
-        y = output[0] if isinstance(output, tuple) else output
-        if self.mode == "zero":  # the baseline leaves alone what the SAEs leave alone (a BOS position 0)
-            new = torch.where(self._keep(y.shape, "output"), torch.zeros_like(y), y)
-        elif self.mode == "sae_out":
-            keep = self._keep(y.shape, "output")
-            flat = y.reshape(-1, y.shape[-1]).float()
-            code = self.run.sae_out.encode(flat)
-            y_hat = self.run.sae_out.decode(code.values, code.indices).reshape(y.shape).to(y.dtype)
-            new = torch.where(keep, y_hat, y)
-        else:
+        if self.mode not in ("zero", "sae_out"):
             return None
+        y = output[0] if isinstance(output, tuple) else output
+        new = self._spliced(y, self.run.sae_out if self.mode == "sae_out" else None, "output")
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     def logits(self, ids: torch.Tensor, mode: str) -> torch.Tensor:

@@ -267,13 +267,13 @@ def locate_mlp(model: nn.Module, layer: int) -> MLPSite:
     block = next((getattr(decoder, n) for n in _MLP_NAMES if isinstance(getattr(decoder, n, None), nn.Module)), None)
     if block is None and any(hasattr(decoder, p[0]) for p in _PLAIN):
         block = decoder  # OPT-style: fc1/fc2 live in the decoder layer itself
-    if block is None and not _is_moe(decoder, config):
+    ffn = block if block is not None else decoder  # an expert block may go by a name _MLP_NAMES lacks
+    if _is_moe(ffn, config):
+        raise ModelError(f"{family} layer {layer} has a mixture-of-experts MLP ({type(ffn).__name__}), which jsaectl does not support",
+                         hint="JSAEs need one dense MLP per layer; pick a dense model")
+    if block is None:
         raise ModelError(f"cannot find the MLP of {family} layer {layer} ({type(decoder).__name__})",
                          hint="jsaectl supports standard Hugging Face causal LMs; please report this architecture")
-    if block is None or _is_moe(block, config):
-        block = block if block is not None else decoder
-        raise ModelError(f"{family} layer {layer} has a mixture-of-experts MLP ({type(block).__name__}), which jsaectl does not support",
-                         hint="JSAEs need one dense MLP per layer; pick a dense model")
     # With a dedicated MLP module we hook it; OPT-style we hook the first linear's input.
     x_module = block if block is not decoder else None
     act = _activation_of(block, config, family)

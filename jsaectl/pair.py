@@ -42,10 +42,12 @@ def site_of(meta: dict[str, Any]) -> tuple:
     return (name, model.get("revision"), meta.get("layer"), random_init, model.get("seed") if random_init else None)
 
 
-def _describe_site(meta: dict[str, Any]) -> str:
-    name, revision, layer, random_init, seed = site_of(meta)
-    return (f"{(meta.get('model') or {}).get('name')}" + (f"@{revision}" if revision else "") + f" layer {layer}"
-            + (f" (random init, seed {seed})" if random_init else ""))
+def describe_site(meta: dict[str, Any]) -> str:
+    """``site_of`` for people: `EleutherAI/pythia-70m@v0 layer 3 (random init, seed 0)`."""
+    model = meta.get("model") or {}
+    revision = f"@{model['revision']}" if model.get("revision") else ""
+    random = f" (random init, seed {model.get('seed')})" if model.get("random_init") else ""
+    return f"{model.get('name')}{revision} layer {meta.get('layer')}{random}"
 
 
 def load_sae(group: Any, device: torch.device | str = "cpu") -> TopKSAE:
@@ -81,8 +83,8 @@ class LoadedJSAE:
             raise StoreError(f"the activations this JSAE was trained on are gone ({e.message})",
                              hint="pass --acts with an activations store of the same model and layer") from None
         if acts and site_of(activations.meta) != site_of(store.meta):
-            raise ConfigError(f"--acts {acts_url} holds activations of {_describe_site(activations.meta)}, "
-                              f"but the JSAE was trained on {_describe_site(store.meta)}",
+            raise ConfigError(f"--acts {acts_url} holds activations of {describe_site(activations.meta)}, "
+                              f"but the JSAE was trained on {describe_site(store.meta)}",
                               hint="harvest held-out text with the JSAE's own model and --layer (and --random-init --seed)")
         if activations.d_model != store.meta["d_model"]:
             raise ConfigError(f"{acts_url} has d_model {activations.d_model}, the JSAE {store.meta['d_model']}",

@@ -82,9 +82,7 @@ def describe(meta: dict[str, Any]) -> str:
 
 
 def _written_by(kinds: tuple[str, ...]) -> str:
-    """`jsae stores are written by `jsaectl train`, jacobian stores by `jsaectl jacobian``"""
-    parts = [f"{kind} stores by `{_PRODUCERS[kind]}`" for kind in kinds]
-    return parts[0].replace(" by ", " are written by ", 1) + "".join(", " + p for p in parts[1:])
+    return "; ".join(f"{kind} stores are written by `{_PRODUCERS[kind]}`" for kind in kinds)
 
 
 @dataclass

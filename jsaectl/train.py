@@ -181,7 +181,7 @@ class TrainResult:
 def lr_at(cfg: TrainConfig, step: int) -> float:
     n = cfg.n_steps
     warm, decay = cfg.lr_warmup * n, cfg.lr_decay * n
-    if step < warm:  # (step + 1) / warm can pass 1 when there are fewer steps than 1 / lr_warmup
+    if step < warm:  # capped: (step + 1) / warm passes 1 on the last warm-up step when warm is fractional
         return cfg.lr * min(1.0, (step + 1) / warm)
     if step >= n - decay and decay > 0:
         return cfg.lr * max(0.0, (n - step) / decay)
