@@ -72,13 +72,16 @@ class Activations:
 
     def read(self, name: str, lo: int, hi: int) -> np.ndarray:
         """Raw stored rows ``[lo, hi)`` of x or y (decode with :func:`decode_rows`)."""
-        return self.store.group[name][lo:hi]
+        return self.store.array(name)[lo:hi]
 
     def rows(self, name: str, lo: int, hi: int) -> torch.Tensor:
-        return decode_rows(self.read(name, lo, hi), self.store_dtype)
+        """Rows ``[lo, hi)`` of x or y as float32, refused if any value is not finite."""
+        values = decode_rows(self.read(name, lo, hi), self.store_dtype)
+        st.check_finite(values, f"{self.url}: {name} rows {lo:,}–{hi:,}")
+        return values
 
     def tokens(self, lo: int, hi: int) -> np.ndarray:
-        return self.store.group["tokens"][lo:hi]
+        return self.store.array("tokens")[lo:hi]
 
     @property
     def bos(self) -> bool:
@@ -109,6 +112,6 @@ class Activations:
 
     def mlp(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> MLPWeights:
         g = self.store.group["mlp"]
-        get = lambda name: torch.from_numpy(g[name][...]).to(device=device, dtype=dtype) if name in g else None  # noqa: E731
+        get = lambda name: torch.from_numpy(self.store.finite(f"mlp/{name}")).to(device=device, dtype=dtype) if name in g else None  # noqa: E731
         return MLPWeights(get("W_in"), get("b_in"), get("W_out"), get("b_out"), g.attrs["activation"],
                           get("W_gate"), get("b_gate"))

@@ -51,8 +51,20 @@ class CompareConfig:
     eval_tokens: int = 20_000
     """Tokens (whole contexts) for the CE and KL scores; 0 skips them."""
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    """|J| thresholds of the sparsity rows."""
     batch_size: int = 1024
+    """Tokens per batch."""
     device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps."""
+
+    def validate(self) -> None:
+        from dataclasses import asdict
+
+        st.check_options_finite(asdict(self))
+        if self.tokens <= 0 or self.batch_size <= 0 or self.eval_tokens < 0:
+            raise ConfigError("--tokens and --batch-size must be positive, --eval-tokens >= 0")
+        if not self.thresholds or any(t <= 0 for t in self.thresholds):
+            raise ConfigError(f"--thresholds must be positive numbers, not {self.thresholds}")
 
 
 @dataclass
@@ -248,6 +260,7 @@ def compare(cfg: CompareConfig, reporter: Reporter = SILENT) -> tuple[list[RunMe
     """Metrics per run (in the order given) and notes for the reader."""
     from jsaectl.models import pick_device
 
+    cfg.validate()
     device = pick_device(cfg.device)
     urls = resolve_runs(cfg.stores)
     runs = [LoadedJSAE.open(u, acts=cfg.acts, device=device) for u in urls]

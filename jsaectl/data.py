@@ -18,12 +18,14 @@ interrupted harvest, or n shards of one, regenerate exactly the same contexts.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
 import json
 import os
 import sys
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -117,13 +119,43 @@ def _parquet_pieces(path: str, column: str) -> Iterator[Piece]:
 
 def _file_pieces(path: str, column: str) -> Iterator[Piece]:
     suffix = os.path.splitext(_strip_gz(path))[1].lower()
-    if suffix in _JSONL_SUFFIXES:
-        yield from _jsonl_pieces(path, column)
-    elif suffix in _PARQUET_SUFFIXES:
-        yield from _parquet_pieces(path, column)
-    else:
-        with _open_text(path) as f:
-            yield from _text_pieces(f)
+    with _read_errors(path):
+        if suffix in _JSONL_SUFFIXES:
+            yield from _jsonl_pieces(path, column)
+        elif suffix in _PARQUET_SUFFIXES:
+            yield from _parquet_pieces(path, column)
+        else:
+            with _open_text(path) as f:
+                for i, piece in enumerate(_text_pieces(f)):
+                    if i == 0:
+                        _check_is_text(piece.text, path)
+                    yield piece
+
+
+def _check_is_text(text: str, path: str) -> None:
+    """Refuse a binary file given as text: read with replacement characters, it would become
+    a stream of nonsense tokens that nothing downstream could tell from text."""
+    sample = text[:1 << 16]
+    if "\x00" in sample or sample.count("\ufffd") > 0.01 * max(1, len(sample)):
+        raise DataError(f"{path} does not look like text (NUL bytes or invalid UTF-8)",
+                        hint="give a UTF-8 .txt, .jsonl or .parquet file")
+
+
+@contextlib.contextmanager
+def _read_errors(path: str) -> Iterator[None]:
+    """A damaged or unreadable file is a one-line DataError naming it (a cut-short .gz raises
+    EOFError, which would otherwise pass for an interrupted run)."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path} is damaged or cut short ({e or type(e).__name__})",
+                        hint="re-download or re-create it, or leave it out of --dataset") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})", hint="give a text file") from None
+    except IsADirectoryError:
+        raise
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}", hint="check the file and its permissions") from None
 
 
 def _folder_files(folder: str) -> list[str]:
@@ -182,7 +214,15 @@ def iter_pieces(spec: str | None, *, split: str = "train", subset: str | None = 
     elif spec == "-":
         if sys.stdin is None or sys.stdin.isatty():
             raise DataError("--dataset - reads text from stdin, but stdin is a terminal", hint="pipe text in: cat book.txt | jsaectl harvest ... --dataset -")
-        yield from _text_pieces(sys.stdin)
+        # The bytes, decoded strictly: Python's own stdin may smuggle invalid bytes through as
+        # surrogates (under a C locale), which no tokenizer accepts.
+        raw = getattr(sys.stdin, "buffer", None)
+        stream = io.TextIOWrapper(raw, encoding="utf-8") if raw is not None else sys.stdin
+        with _read_errors("stdin"):
+            for i, piece in enumerate(_text_pieces(stream)):
+                if i == 0:
+                    _check_is_text(piece.text, "stdin")
+                yield piece
     elif os.path.isfile(os.path.expanduser(spec)):
         yield from _file_pieces(os.path.expanduser(spec), text_column)
     elif os.path.isdir(os.path.expanduser(spec)):

@@ -1,4 +1,5 @@
-"""User-facing errors. The CLI prints them as one line with a hint and exits 1."""
+"""User-facing errors. The CLI prints them as one line with a hint and exits with the error's
+``exit_code``: 1 for a failed input or run, 2 for a usage error (:class:`ConfigError`)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,16 @@ class DataError(JsaectlError):
     """A text source is missing, unreadable or empty."""
 
 
+class TrainingError(JsaectlError):
+    """Training cannot go on (it diverged: a loss or weight became NaN or inf)."""
+
+
 class ConfigError(JsaectlError):
     """An option value or a config file is invalid."""
 
     exit_code = 2
+
+
+class JsaectlWarning(UserWarning):
+    """Something the user should know that does not stop the command (shown as one
+    ``jsaectl: note:`` line)."""

@@ -104,6 +104,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     cfg.validate()
     source = _open_source(cfg.store, cfg.format)
     out = _check_out(cfg.out, cfg.overwrite)
+    st.check_alias(out, [cfg.store, source.url])
     writer = _WRITERS[cfg.format]
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
@@ -203,7 +204,7 @@ class _JSAE:
 
     @classmethod
     def load(cls, store: st.Store) -> _JSAE:
-        return cls(store.url, load_sae(store.group["sae_in"]), load_sae(store.group["sae_out"]), store.meta)
+        return cls(store.url, load_sae(store, "sae_in"), load_sae(store, "sae_out"), store.meta)
 
     def sae(self, side: str) -> TopKSAE:
         return self.sae_in if side == "in" else self.sae_out
@@ -432,6 +433,8 @@ def connection_rows(store: st.Store, top: int | None) -> Iterator[dict[str, Any]
     for lo in range(0, total, _ROWS_PER_BLOCK):
         hi = min(total, lo + _ROWS_PER_BLOCK)
         cols = {name: conn[name][lo:hi] for name in _NUMERIC}
+        for name in ("strength", "mean_abs", "max_abs", "mean"):
+            st.check_finite(cols[name], f"{store.url}: connections/{name} rows {lo:,}–{hi:,}")
         for i in range(hi - lo):
             row = {name: _short(cols[name][i]) for name in _NUMERIC}
             row["input_label"] = str(in_labels[row["input"]])

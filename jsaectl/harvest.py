@@ -79,6 +79,11 @@ class HarvestConfig:
     """Storage precision of x and y."""
     with_output: bool = False
     """Also store the MLP output y (train recomputes it from the stored weights otherwise)."""
+    allow_nonfinite: bool = False
+    """Store a non-finite activation (NaN, inf, or a float16 overflow) as 0 and count it in the
+    attrs, instead of stopping with an error naming its rows."""
+    compression: str = "zstd"
+    """How chunks of x and y are stored: zstd or none (both checksummed)."""
     # --- how to run: not part of what the store holds, free to change on resume
     batch_size: int = 16
     """Contexts per forward pass."""
@@ -94,6 +99,7 @@ class HarvestConfig:
     _RUNTIME = ("batch_size", "device", "out", "overwrite", "shard")
 
     def __post_init__(self) -> None:
+        st.check_options_finite(asdict(self))
         if self.dataset is None:
             self.dataset = BUNDLED_CORPUS
         if self.layer is not None and self.layer < 0:
@@ -106,6 +112,8 @@ class HarvestConfig:
             raise ConfigError(f"--batch-size must be positive, not {self.batch_size}", hint="contexts per forward pass, e.g. 16")
         if self.dtype not in STORE_DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, not {self.dtype!r}", hint="float16 is the default")
+        if self.compression not in st.COMPRESSIONS:
+            raise ConfigError(f"--compression must be one of {', '.join(st.COMPRESSIONS)}, not {self.compression!r}")
         if self.model_dtype not in STORE_DTYPES:
             raise ConfigError(f"--model-dtype must be one of {', '.join(STORE_DTYPES)}, not {self.model_dtype!r}", hint="float32 is the default")
         i, n = self.shard
@@ -189,6 +197,14 @@ class _Writer:
             self._pending.pop(0).result()
         self._pool.shutdown()
 
+    def abandon(self) -> None:
+        """After an error or a signal: let the writes in flight finish (so nothing is being
+        written once the store's lock is released), ignoring their own failures."""
+        for future in self._pending:
+            future.exception()
+        self._pending = []
+        self._pool.shutdown()
+
 
 @dataclass
 class _Layout:
@@ -217,19 +233,22 @@ def _create_arrays(store: st.Store, cfg: HarvestConfig, layout: _Layout, d_model
     x_dtype = "uint16" if cfg.dtype == "bfloat16" else cfg.dtype
     rows, n = layout.rows, layout.n_tokens
     names = ["x", "y"] if cfg.with_output else ["x"]
-    require = lambda name, **kw: st.race_safe(g.require_array, name, **kw)  # noqa: E731
     for name in names:
-        require(name, shape=(n, d_model), chunks=(rows, d_model), dtype=x_dtype, dimension_names=("token", "d_model"), fill_value=0)
-    require("tokens", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
-    require("position", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
-    # One uncompressed 4-byte object per chunk: written last, atomically, by whoever owns the chunk.
+        st.require_array(g, name, shape=(n, d_model), chunks=(rows, d_model), dtype=x_dtype, dimension_names=("token", "d_model"),
+                         fill_value=0, compression=cfg.compression)
+    st.require_array(g, "tokens", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
+    st.require_array(g, "position", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
+    # One tiny object per chunk: written last, atomically, by whoever owns the chunk.
     st.race_safe(g.require_group, "progress")
-    require("progress/chunk_contexts", shape=(layout.n_chunks,), chunks=(1,), dtype="int32",
-            fill_value=-1, compressors=None, dimension_names=("chunk",))
+    if cfg.allow_nonfinite:
+        st.require_array(g, "progress/nonfinite_zeroed", shape=(layout.n_chunks,), chunks=(1,), dtype="int64",
+                         fill_value=0, compression="none", dimension_names=("chunk",))
+    st.require_array(g, "progress/chunk_contexts", shape=(layout.n_chunks,), chunks=(1,), dtype="int32",
+                     fill_value=-1, compression="none", dimension_names=("chunk",))
 
 
 def _write_mlp_and_vocab(store: st.Store, site: Any, tokenizer: Any) -> None:
-    """Small arrays, written whole before the progress array exists (see _setup)."""
+    """Small arrays, written whole before the progress array exists (see ``harvest``)."""
     g = store.group
     mlp = st.race_safe(g.require_group, "mlp")
     for name, tensor in site.weights.tensors().items():
@@ -256,6 +275,8 @@ def _finalize(store: st.Store, cfg: HarvestConfig, layout: _Layout, extra: dict[
             if name in store.group:
                 arr = store.group[name]
                 arr.resize((n_tokens,) + arr.shape[1:])
+    if "nonfinite_zeroed" in store.group["progress"]:
+        extra = {**extra, "nonfinite_zeroed": int(store.group["progress/nonfinite_zeroed"][...].sum())}
     store.mark_complete(n_tokens=n_tokens, **extra)
     return n_tokens
 
@@ -274,6 +295,8 @@ def _store_meta(cfg: HarvestConfig, loaded: LoadedModel, site: MLPSite, layout: 
                 "gated": site.weights.gated, "reconstruction_rel_error": rel_err},
         "data": {"source": describe_source(cfg.dataset), "bos": cfg.bos and loaded.tokenizer.bos_token_id is not None,
                  "separator_token_id": loaded.tokenizer.eos_token_id},
+        # How it ran (not part of the content), so `jsaectl verify --repair` recomputes a chunk exactly.
+        "run_options": {"batch_size": cfg.batch_size, "device": cfg.device},
     }
 
 
@@ -293,14 +316,17 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
         if cfg.layer is None:
             raise ConfigError(f"--layer is required for {cfg.model}", hint="e.g. --layer 3 (0-based)")
     url = st.resolve_url(cfg.out or default_out(cfg))
+    shard = cfg.shard if cfg.shard[1] > 1 else None
     # A conflicting --out is refused now, not after minutes of model loading.
-    existing = st.check_writable(url, "activations", cfg.identity(), overwrite=cfg.overwrite)
+    existing = st.check_writable(url, "activations", cfg.identity(), overwrite=cfg.overwrite, shard=shard)
     if existing is not None and existing.get("complete"):
         reporter.note(f"{url} is already complete ({format_count(existing['n_tokens'])} tokens); nothing to do")
         return HarvestResult(url, existing["n_tokens"], existing["d_model"], 0.0, True, already_complete=True)
+    _check_size(cfg, url)
     pieces = open_source(cfg.dataset, split=cfg.split, subset=cfg.subset, text_column=cfg.text_column)
     loaded, site, device = _load(cfg, reporter)
 
+    _check_size(cfg, url, site.weights.d_model)
     layout = _layout(cfg, site.weights.d_model)
     contexts = iter_contexts(pieces, loaded.tokenizer, cfg.context_size, bos=cfg.bos)
     chunks = _grouped(islice(contexts, layout.n_tokens // cfg.context_size), layout.contexts_per_chunk)
@@ -314,32 +340,63 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
     reporter.note(f"{site.family} layer {cfg.layer}/{site.n_layers}: {site.description}; d_model={site.weights.d_model}, "
                   f"d_mlp={site.weights.d_mlp}; MLP recomputed from stored weights to {rel_err:.1e}")
 
-    store, resumed = st.prepare_output(url, "activations", cfg.identity(), overwrite=cfg.overwrite)
-    # The progress array is created last, so its presence means everything else exists. Then
-    # the arrays are not touched again: a run killed after _finalize trimmed them (and before
-    # it marked the store complete) would otherwise find them the wrong size.
-    if "progress" not in store.group or "chunk_contexts" not in store.group["progress"]:
-        _write_mlp_and_vocab(store, site, loaded.tokenizer)
-        _create_arrays(store, cfg, layout, site.weights.d_model)
-    extra = _store_meta(cfg, loaded, site, layout, rel_err)
-    store.update_meta(**extra)
+    with st.writing(url, "activations", cfg.identity(), overwrite=cfg.overwrite, shard=shard) as (store, resumed):
+        # The progress array is created last, so its presence means everything else exists. Then
+        # the big arrays are not touched again: a run killed after _finalize trimmed them (and
+        # before it marked the store complete) would otherwise find them the wrong size. The
+        # small arrays are rewritten when one is missing (`jsaectl verify --repair` removes
+        # damaged ones).
+        if "progress" not in store.group or "chunk_contexts" not in store.group["progress"]:
+            _write_mlp_and_vocab(store, site, loaded.tokenizer)
+            _create_arrays(store, cfg, layout, site.weights.d_model)
+        elif not all(name in store.group for name in SMALL_ARRAYS + (("mlp/W_gate",) if site.weights.gated else ())):
+            _write_mlp_and_vocab(store, site, loaded.tokenizer)
+        extra = _store_meta(cfg, loaded, site, layout, rel_err)
+        store.update_meta(**extra)
 
-    counts = store.group["progress/chunk_contexts"][...]
-    i, n = cfg.shard
-    mine = [c for c in range(layout.n_chunks) if c % n == i]
-    todo = [c for c in mine if counts[c] < 0]
-    if resumed and len(todo) < len(mine):
-        reporter.note(f"resuming {url}: {len(mine) - len(todo)} of {len(mine)} chunks already written")
-    started = time.perf_counter()
-    written = _run_chunks(cfg, store, layout, tap, device, [first], chunks, set(todo), reporter)
-    elapsed = time.perf_counter() - started
-    tap.close()
-
-    n_final = _finalize(store, cfg, layout, extra)
+        counts = store.group["progress/chunk_contexts"][...]
+        i, n = cfg.shard
+        mine = [c for c in range(layout.n_chunks) if c % n == i]
+        todo = [c for c in mine if counts[c] < 0]
+        if resumed and len(todo) < len(mine):
+            reporter.note(f"resuming {url}: {len(mine) - len(todo)} of {len(mine)} chunks already written")
+        started = time.perf_counter()
+        written = _run_chunks(cfg, store, layout, tap, device, [first], chunks, set(todo), reporter)
+        elapsed = time.perf_counter() - started
+        tap.close()
+        n_final = _finalize(store, cfg, layout, extra)
     if n_final is None:
         reporter.note(f"shard {i}/{n} finished; the store completes when every shard has")
     return HarvestResult(url, n_final if n_final is not None else written, site.weights.d_model,
                          written / elapsed if elapsed > 0 and written else 0.0, n_final is not None, resumed=resumed)
+
+
+SMALL_ARRAYS = ("mlp/W_in", "mlp/b_in", "mlp/W_out", "mlp/b_out", "vocab", "vocab_bytes/data", "vocab_bytes/offsets")
+# Beyond this many contexts a store's bookkeeping alone would not fit in memory.
+MAX_CONTEXTS = 1 << 31
+
+
+def _check_size(cfg: HarvestConfig, url: str, d_model: int | None = None) -> None:
+    """Refuse a --tokens that cannot be stored: more contexts than a store can index (before
+    the model loads), or, once d_model is known, more bytes than a local disk has free."""
+    n_contexts = math.ceil(cfg.tokens / cfg.context_size)
+    if n_contexts > MAX_CONTEXTS:
+        raise ConfigError(f"--tokens {format_count(cfg.tokens)} is more than a store can hold "
+                          f"({format_count(MAX_CONTEXTS * cfg.context_size)} tokens at --context-size {cfg.context_size})",
+                          hint="harvest fewer tokens, e.g. --tokens 100M")
+    if d_model is None or not st.is_local(url):
+        return
+    import shutil
+
+    probe = url
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    item = 4 if cfg.dtype == "float32" else 2
+    need = n_contexts * cfg.context_size * d_model * item * (2 if cfg.with_output else 1)
+    free = shutil.disk_usage(probe).free
+    if 0.8 * need > free:  # zstd saves ~10% on activations, never half
+        raise ConfigError(f"--tokens {format_count(cfg.tokens)} at d_model {d_model} needs about {need / 1e9:,.1f} GB and "
+                          f"{probe} has {free / 1e9:,.1f} GB free", hint="harvest fewer tokens, or choose an --out with more space")
 
 
 def _check_context_size(model: torch.nn.Module, context_size: int) -> None:
@@ -362,41 +419,51 @@ def _run_chunks(cfg: HarvestConfig, store: st.Store, layout: _Layout, tap: Any, 
     writer = _Writer()
     computed = 0
 
-    def write(c: int, x: np.ndarray, y: np.ndarray | None, toks: np.ndarray) -> None:
+    zeroed = g["progress/nonfinite_zeroed"] if cfg.allow_nonfinite else None
+
+    def write(c: int, x: np.ndarray, y: np.ndarray | None, toks: np.ndarray, n_zeroed: int) -> None:
         lo, hi = c * layout.rows, c * layout.rows + len(toks)
         arrays["x"][lo:hi] = x
         if y is not None:
             arrays["y"][lo:hi] = y
         arrays["tokens"][lo:hi] = toks
         arrays["position"][lo:hi] = positions[: len(toks)]
+        if zeroed is not None:
+            zeroed[c] = n_zeroed
         flags[c] = len(toks) // T  # last: the chunk counts only once its data are on disk
 
     reporter.start("harvest", sum(min(layout.rows, layout.n_tokens - t * layout.rows) for t in todo), "tokens")
     last = max(todo, default=-1)
     c, text_ended = -1, True
-    for c, contexts in enumerate(_chain(head, rest)):
-        if c > last:  # nothing of ours beyond this point
-            text_ended = False
-            break
-        if c not in todo:
-            continue
-        xs, ys = [], []
-        for b in range(0, len(contexts), cfg.batch_size):
-            ids = torch.from_numpy(np.stack(contexts[b : b + cfg.batch_size])).long().to(device)
-            x, y = tap(ids, with_output=cfg.with_output)
-            xs.append(_encode(x.reshape(-1, x.shape[-1]), cfg.dtype))
-            if y is not None:
-                ys.append(_encode(y.reshape(-1, y.shape[-1]), cfg.dtype))
-            computed += ids.numel()
-            reporter.advance(ids.numel())
-        x_all = np.concatenate(xs)
-        _check_finite(x_all, cfg.dtype)
-        writer.submit(write, c, x_all, np.concatenate(ys) if ys else None, np.concatenate(contexts))
-    if text_ended:  # the text ended before --tokens: our chunks past the end hold nothing
-        for empty in sorted(t for t in todo if t > c):
-            writer.submit(flags.__setitem__, empty, 0)
+    try:
+        for c, contexts in enumerate(_chain(head, rest)):
+            if c > last:  # nothing of ours beyond this point
+                text_ended = False
+                break
+            if c not in todo:
+                continue
+            xs, ys = [], []
+            for b in range(0, len(contexts), cfg.batch_size):
+                ids = torch.from_numpy(np.stack(contexts[b : b + cfg.batch_size])).long().to(device)
+                x, y = tap(ids, with_output=cfg.with_output)
+                xs.append(_encode(x.reshape(-1, x.shape[-1]), cfg.dtype))
+                if y is not None:
+                    ys.append(_encode(y.reshape(-1, y.shape[-1]), cfg.dtype))
+                computed += ids.numel()
+                reporter.advance(ids.numel())
+            x_all, y_all = np.concatenate(xs), (np.concatenate(ys) if ys else None)
+            n_zeroed = sum(_check_finite(v, cfg, c * layout.rows, T, name)
+                           for name, v in (("x", x_all), ("y", y_all)) if v is not None)
+            writer.submit(write, c, x_all, y_all, np.concatenate(contexts), n_zeroed)
+        if text_ended:  # the text ended before --tokens: our chunks past the end hold nothing
+            for empty in sorted(t for t in todo if t > c):
+                writer.submit(flags.__setitem__, empty, 0)
+    except BaseException:
+        writer.abandon()
+        raise
+    finally:
+        reporter.finish()
     writer.drain()
-    reporter.finish()
     return computed
 
 
@@ -405,6 +472,23 @@ def _chain(head: list[list[np.ndarray]], rest: Iterator[list[np.ndarray]]) -> It
     yield from rest
 
 
-def _check_finite(x: np.ndarray, dtype: str) -> None:
-    if dtype == "float16" and not np.isfinite(x).all():
-        raise DataError("activations overflow float16 (|x| > 65504)", hint="harvest again with --dtype bfloat16 or float32 (and --overwrite)")
+def _check_finite(values: np.ndarray, cfg: HarvestConfig, first_row: int, context_size: int, name: str) -> int:
+    """Refuse a chunk holding NaN or inf (stored, it would poison every later stage), naming the
+    rows; or, with --allow-nonfinite, set those values to 0 in place and return how many."""
+    if cfg.dtype == "bfloat16":  # stored as bits: all-ones exponent is inf or NaN
+        bad = (values & 0x7F80) == 0x7F80
+    else:
+        bad = ~np.isfinite(values)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return 0
+    if cfg.allow_nonfinite:
+        values[bad] = 0
+        return n_bad
+    rows = np.flatnonzero(bad.any(axis=1)) + first_row
+    where = f"rows {rows[0]:,}–{rows[-1]:,} (contexts {rows[0] // context_size:,}–{rows[-1] // context_size:,})"
+    if cfg.dtype == "float16":
+        raise DataError(f"{n_bad:,} values of {name} are NaN, inf or beyond float16's range (|v| > 65504) in {where}",
+                        hint="harvest with --dtype bfloat16 or float32, or --allow-nonfinite to store them as 0 (with --overwrite)")
+    raise DataError(f"the model produced {n_bad:,} non-finite values (NaN or inf) of {name} in {where}",
+                    hint="check the model and --model-dtype, or pass --allow-nonfinite to store them as 0 (with --overwrite)")

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -82,6 +82,7 @@ class JacobianConfig:
     _RUNTIME = ("batch_size", "device", "out", "overwrite", "top", "input_latent", "output_latent")
 
     def validate(self) -> None:
+        st.check_options_finite(asdict(self))
         if self.tokens <= 0 or self.batch_size <= 0 or self.top < 0 or self.linearity < 0 or self.max_pairs <= 0:
             raise ConfigError("--tokens, --batch-size and --max-pairs must be positive; --top and --linearity >= 0")
         if not self.thresholds or any(t <= 0 for t in self.thresholds):
@@ -205,23 +206,31 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
     model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
     cfg.thresholds = tuple(sorted(float(t) for t in cfg.thresholds))
     scanned = min(cfg.tokens, model.acts.n_tokens)  # rows read; BOS rows among them are skipped
-    n_tokens = model.analysed_rows(scanned)
     url = st.resolve_url(cfg.out or default_out(cfg))
-    existing = st.check_writable(url, "jacobian", cfg.identity(), overwrite=cfg.overwrite)
+    reads = [model.store.url, model.acts.url]
+    existing = st.check_writable(url, "jacobian", cfg.identity(), overwrite=cfg.overwrite, reads=reads)
     if existing is not None and existing.get("complete"):
         reporter.note(f"{url} is already complete; showing it")
         return load_result(url, cfg.top, cfg.input_latent, cfg.output_latent)
+    with st.writing(url, "jacobian", cfg.identity(), overwrite=cfg.overwrite, reads=reads) as (store, _):
+        _analyse(cfg, model, scanned, store, reporter)
+    return load_result(url, cfg.top, cfg.input_latent, cfg.output_latent)
 
+
+def _analyse(cfg: JacobianConfig, model: LoadedJSAE, scanned: int, store: st.Store, reporter: Reporter) -> None:
+    """One pass over the first ``scanned`` rows; writes everything and marks ``store`` complete.
+    (An interrupted analysis starts again: it is minutes, and its sums are not checkpointed.)"""
     k, n = model.k, model.n_latents
+    n_tokens = model.analysed_rows(scanned)
     thresholds = torch.tensor(cfg.thresholds, device=model.device)
     counts = torch.zeros(len(cfg.thresholds), dtype=torch.float64)
     hist = np.zeros(len(HIST_EDGES) + 1, dtype=np.int64)
     mean_abs = mass90 = 0.0
-    spill = tempfile.TemporaryDirectory(prefix="jsaectl-pairs-", dir=os.path.dirname(url) if st.is_local(url) else None)
-    pairs = _PairAccumulator(n, cfg.max_pairs, spill.name)
+    spill = st.spill_dir(store.url)
+    os.makedirs(spill, exist_ok=True)
+    pairs = _PairAccumulator(n, cfg.max_pairs, spill)
     tops = {side: TopExamples(n, cfg.label_examples) for side in ("in", "out")}
     per_token = _PerTokenWriter(n_tokens, k) if cfg.per_token else None
-    store, _ = st.prepare_output(url, "jacobian", cfg.identity(), overwrite=cfg.overwrite)
     if per_token:
         per_token.create(store)
 
@@ -247,7 +256,7 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
     elapsed = time.perf_counter() - began
     reporter.finish()
     keys, stats, distinct = pairs.finish(cfg.max_pairs)
-    spill.cleanup()
+    shutil.rmtree(spill, ignore_errors=True)
 
     labels = {side: _labels(tops[side], model.acts) for side in ("in", "out")}
     sparsity = {f"{t:g}": {"mean_count": float(c / n_tokens), "fraction": float(c / n_tokens / k**2)}
@@ -267,7 +276,6 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
         model=model.store.meta.get("model"),
         layer=model.store.meta.get("layer"), lam=model.store.meta.get("lam"),
     )
-    return load_result(url, cfg.top, cfg.input_latent, cfg.output_latent)
 
 
 def _labels(tops: TopExamples, acts: Any) -> np.ndarray:
@@ -308,8 +316,7 @@ def _write(store: st.Store, keys: torch.Tensor, stats: torch.Tensor, n: int, n_t
     }
     for name, values in columns.items():
         chunks = (min(len(values), 1 << 20) or 1,)
-        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks, overwrite=True,
-                             dimension_names=("connection",))
+        arr = st.create_array(g, name, shape=values.shape, dtype=values.dtype, chunks=chunks, dimension_names=("connection",))
         arr[...] = values
     lat = store.group.require_group("latents")
     for side in ("in", "out"):
@@ -333,11 +340,10 @@ class _PerTokenWriter:
     def create(self, store: st.Store) -> None:
         g = store.group.require_group("per_token")
         n, k, r = self.n_tokens, self.k, self.rows_per_chunk
-        g.create_array("J", shape=(n, k, k), chunks=(r, k, k), dtype="float32", overwrite=True,
-                       dimension_names=("token", "output", "input"))
+        st.create_array(g, "J", shape=(n, k, k), chunks=(r, k, k), dtype="float32", dimension_names=("token", "output", "input"))
         for name in ("in_idx", "out_idx"):
-            g.create_array(name, shape=(n, k), chunks=(r * 8, k), dtype="int32", overwrite=True, dimension_names=("token", "slot"))
-        g.create_array("token", shape=(n,), chunks=(r * 64,), dtype="int64", overwrite=True, dimension_names=("token",))
+            st.create_array(g, name, shape=(n, k), chunks=(r * 8, k), dtype="int32", dimension_names=("token", "slot"))
+        st.create_array(g, "token", shape=(n,), chunks=(r * 64,), dtype="int64", dimension_names=("token",))
 
     def write(self, store: st.Store, batch: Any) -> None:
         g = store.group["per_token"]
@@ -369,6 +375,10 @@ def load_result(url: str, top: int = 20, input_latent: int | None = None, output
         rows = np.flatnonzero(keep)[:top]
     cols = {name: conn[name].get_orthogonal_selection(rows) if len(rows) else np.zeros(0)
             for name in ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean")}
+    for name in ("strength", "mean_abs", "max_abs", "mean"):
+        st.check_finite(cols[name], f"{store.url}: connections/{name}")
+    st.check_finite(np.array([v for row in meta["sparsity"].values() for v in row.values()], dtype=float),
+                    f"{store.url}: the sparsity summary")
     in_labels, out_labels = g["latents/in_label"][...], g["latents/out_label"][...]
     top_list = [Connection(int(cols["input"][i]), int(cols["output"][i]), float(cols["strength"][i]), int(cols["count"][i]),
                            float(cols["mean_abs"][i]), float(cols["max_abs"][i]), float(cols["mean"][i]),

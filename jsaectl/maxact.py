@@ -58,6 +58,11 @@ class MaxactConfig:
     device: str = "auto"
 
     def validate(self, n_latents: int) -> None:
+        from dataclasses import asdict
+
+        from jsaectl.store import check_options_finite
+
+        check_options_finite(asdict(self))
         modes = bool(self.latents) + (self.connection is not None) + (self.top_latents > 0)
         if modes != 1:
             raise ConfigError("give exactly one of --latent, --connection or --top-latents",

@@ -104,8 +104,21 @@ def from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
     """``loader.from_pretrained(name)`` with errors a user can act on and no minute-long hang.
 
     A local directory or a model already in the Hugging Face cache loads without network;
-    anything else is downloaded only after a quick check that the Hub answers at all.
+    anything else is downloaded only after a quick check that the Hub answers at all. A
+    pickled checkpoint is only ever read with ``torch.load(weights_only=True)`` (transformers'
+    default): one that holds more than tensors is refused, never executed.
     """
+    import pickle
+
+    try:
+        return _from_pretrained(loader, name, what, **kwargs)
+    except pickle.UnpicklingError:
+        raise ModelError(f"refusing the {what} of {name}: its pickled checkpoint (.bin) holds objects other than tensors, "
+                         "and unpickling them could run code",
+                         hint="convert it to safetensors on a machine you trust, or use a model that ships safetensors") from None
+
+
+def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
     if os.path.isdir(name):
         try:
             return loader.from_pretrained(name, **kwargs)

@@ -50,12 +50,13 @@ def describe_site(meta: dict[str, Any]) -> str:
     return f"{model.get('name')}{revision} layer {meta.get('layer')}{random}"
 
 
-def load_sae(group: Any, device: torch.device | str = "cpu") -> TopKSAE:
-    attrs = group.attrs
+def load_sae(store: st.Store, name: str, device: torch.device | str = "cpu") -> TopKSAE:
+    """One SAE of a jsae store (``sae_in`` or ``sae_out``), refused if a weight is not finite."""
+    attrs = store.group[name].attrs
     sae = TopKSAE(int(attrs["d_in"]), int(attrs["d_sae"]), int(attrs["k"]), device=device)
     with torch.no_grad():
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            getattr(sae, name).copy_(torch.from_numpy(group[name][...]))
+        for param in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(sae, param).copy_(torch.from_numpy(store.finite(f"{name}/{param}")))
     return sae.requires_grad_(False)
 
 
@@ -90,8 +91,8 @@ class LoadedJSAE:
             raise ConfigError(f"{acts_url} has d_model {activations.d_model}, the JSAE {store.meta['d_model']}",
                               hint="--acts must come from the same model and layer")
         device = torch.device(device)
-        sae_in = load_sae(store.group["sae_in"], device)
-        sae_out = load_sae(store.group["sae_out"], device)
+        sae_in = load_sae(store, "sae_in", device)
+        sae_out = load_sae(store, "sae_out", device)
         return cls(store, activations, sae_in, sae_out, activations.mlp(device), device,
                    store.meta["config"].get("jacobian_at", "x"), include_bos)
 

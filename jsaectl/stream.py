@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from jsaectl.acts import Activations, decode_rows
+from jsaectl.store import check_finite
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,9 @@ class BatchStream:
                 parts = [_take(s, self.lane_batch, c) for s, c in zip(streams, carries)]
                 x = decode_rows(np.concatenate([p[0] for p in parts]), self.acts.store_dtype)
                 y = None if parts[0][1] is None else decode_rows(np.concatenate([p[1] for p in parts]), self.acts.store_dtype)
+                for name, v in (("x", x), ("y", y)):
+                    if v is not None:
+                        check_finite(v, f"{self.acts.url}: a training batch of {name}")
                 self._put((x, y))
         except BaseException as e:  # hand the failure to the consumer
             self._put(e)

@@ -15,6 +15,7 @@ data (see stream.py) and rank 0 writes the store.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -31,7 +32,7 @@ from torch import nn
 
 from jsaectl import store as st
 from jsaectl.acts import Activations
-from jsaectl.errors import ConfigError, StoreError
+from jsaectl.errors import ConfigError, StoreError, TrainingError
 from jsaectl.jsae import jacobian_factors, jacobian_l1, slopes_at
 from jsaectl.mlp import MLPWeights
 from jsaectl.progress import SILENT, Reporter
@@ -108,6 +109,7 @@ class TrainConfig:
     _RUNTIME = ("device", "checkpoint_every", "log_every", "out", "overwrite", "resume", "keep_checkpoint")
 
     def validate(self) -> None:
+        st.check_options_finite(asdict(self))
         if self.k <= 0:
             raise ConfigError(f"--k must be positive, not {self.k}")
         if self.expansion <= 0:
@@ -133,6 +135,12 @@ class TrainConfig:
             raise ConfigError(f"--auxk must be >= 0, not {self.auxk}")
         if self.checkpoint_every < 0 or self.log_every <= 0:
             raise ConfigError("--checkpoint-every must be >= 0 and --log-every positive")
+        if self.grad_clip < 0:
+            raise ConfigError(f"--grad-clip must be >= 0 (0: no clipping), not {self.grad_clip}")
+        for name in ("data_lanes", "auxk_k", "buffer_tokens", "dead_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {value}")
 
     def resolve(self, d_model: int, n_tokens: int, world: int) -> None:
         """Fill the defaults that depend on the store and the number of processes."""
@@ -292,7 +300,7 @@ def _device(cfg: TrainConfig, dist: Dist) -> torch.device:
 
 
 HISTORY_KEYS = ("step", "tokens", "lr", "lam", "loss", "mse_in", "mse_out", "jac_l1", "ev_in", "ev_out", "fvu_in",
-                "fvu_out", "l0_in", "l0_out", "dead_in", "dead_out", "j_count", "auxk")
+                "fvu_out", "l0_in", "l0_out", "dead_in", "dead_out", "j_count", "auxk", "data_wait")
 
 
 def default_out(cfg: TrainConfig) -> str:
@@ -305,7 +313,7 @@ def _append_history(store: st.Store, rows: list[dict[str, float]]) -> None:
     g = store.group.require_group("history")
     for key in HISTORY_KEYS:
         if key not in g:
-            g.create_array(key, shape=(0,), chunks=(4096,), dtype="float64", dimension_names=("record",))
+            st.create_array(g, key, shape=(0,), chunks=(4096,), dtype="float64", dimension_names=("record",), overwrite=False)
         if rows:
             g[key].append(np.array([r.get(key, np.nan) for r in rows], dtype=np.float64))
 
@@ -392,6 +400,8 @@ class _Trainer:
         n = cfg.latents
         self.last_fired = {"in": torch.full((n,), -1, dtype=torch.int64, device=device),
                            "out": torch.full((n,), -1, dtype=torch.int64, device=device)}
+        self._nonfinite: torch.Tensor | None = None  # GPU: a pending "the loss was not finite" flag
+        self._flag_step = 0
         use_autocast = cfg.autocast if cfg.autocast is not None else device.type == "cuda"
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast)
 
@@ -423,6 +433,7 @@ class _Trainer:
             loss = loss + lam * terms["jac_mean"]
         if aux is not None:
             loss = loss + cfg.auxk * (terms["auxk_in"] + terms["auxk_out"])
+        self._check_loss(step, loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in self.opt.param_groups:
@@ -433,7 +444,39 @@ class _Trainer:
         self.pair.sae_in.normalize_decoder()
         self.pair.sae_out.normalize_decoder()
         self._mark_fired(terms, tokens_seen + cfg.batch_size)
-        return self._metrics(step, lam, loss, terms, x, y, tokens_seen + cfg.batch_size) if log else None
+        if not log:
+            return None
+        self._check_flag(step + 1)
+        return self._metrics(step, lam, loss, terms, x, y, tokens_seen + cfg.batch_size)
+
+    def _check_loss(self, step: int, loss: torch.Tensor) -> None:
+        """A non-finite loss ends the run (every weight would be NaN a step later). On the CPU
+        it is checked every step; on a GPU the flag is kept on the device and read at each
+        logging step and checkpoint, so that no step waits for the GPU just to check."""
+        bad = ~torch.isfinite(loss.detach())
+        if self.device.type != "cuda":
+            if bad.item():
+                raise self._diverged(f"the loss is {loss.item()} at step {step + 1}")
+            return
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        self._flag_step = self._flag_step or step + 1
+
+    def _check_flag(self, step: int) -> None:
+        if self._nonfinite is not None and self._nonfinite.item():
+            raise self._diverged(f"the loss became non-finite between step {self._flag_step} and step {step}")
+        self._nonfinite, self._flag_step = None, 0
+
+    def check_weights(self, step: int) -> None:
+        """Before a checkpoint or the end: refuse to write a loss or weights that are not finite."""
+        self._check_flag(step)
+        for name, p in self.pair.named_parameters():
+            if not torch.isfinite(p).all():
+                raise self._diverged(f"{name} holds non-finite values at step {step}")
+
+    def _diverged(self, what: str) -> TrainingError:
+        return TrainingError(f"training diverged: {what}; the store keeps its last good checkpoint and stays incomplete",
+                             hint="lower --lr or --lam (then --overwrite), or check the activations with `jsaectl verify`; "
+                             "a run whose config is unchanged continues with --resume")
 
     def _mark_fired(self, terms: dict[str, Any], tokens_seen: int) -> None:
         for key, code in (("in", terms["code_in"]), ("out", terms["code_out"])):
@@ -479,10 +522,10 @@ def resume_config(out: str, overrides: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def _check_output(cfg: TrainConfig, url: str) -> dict[str, Any] | None:
+def _check_output(cfg: TrainConfig, url: str, acts_url: str) -> dict[str, Any] | None:
     """What is at the output: None (a new run), or the metadata of a run to resume or that is
     complete. Read-only, so every process of a distributed run can ask."""
-    existing = st.check_writable(url, "jsae", cfg.identity(), overwrite=cfg.overwrite)
+    existing = st.check_writable(url, "jsae", cfg.identity(), overwrite=cfg.overwrite, reads=[acts_url])
     if existing is not None and not existing.get("complete") and not cfg.resume:
         step = existing.get("checkpoint_step")
         raise StoreError(f"{url} holds an interrupted run of this config" + (f" (checkpoint at step {step})" if step else ""),
@@ -511,79 +554,120 @@ def train(cfg: TrainConfig, reporter: Reporter = SILENT) -> TrainResult:
         raise ConfigError(f"the activations store has {acts.n_chunks} chunks, fewer than {cfg.data_lanes} data lanes",
                           hint="harvest more tokens, or use fewer processes")
     url = st.resolve_url(cfg.out or default_out(cfg))
-    existing = _check_output(cfg, url)
+    existing = _check_output(cfg, url, acts.url)
     if existing is not None and existing.get("complete"):
         reporter.note(f"{url} is already trained; nothing to do")
         return TrainResult(url, existing.get("tokens_per_second", 0.0), existing.get("final_metrics", {}),
                            existing.get("n_steps", 0), already_complete=True)
     _barrier(dist)  # every process has looked before rank 0 creates anything
-    store = None
-    if dist.main:
-        store, _ = st.prepare_output(url, "jsae", cfg.identity(), overwrite=cfg.overwrite)
-        if existing is None:
+    writing = st.writing(url, "jsae", cfg.identity(), overwrite=cfg.overwrite, reads=[acts.url]) if dist.main \
+        else contextlib.nullcontext((None, False))
+    with writing as (store, _):
+        if store is not None and existing is None:
             store.update_meta(**_new_store_meta(cfg, acts))
             _append_history(store, [])
-    _barrier(dist)
+        _barrier(dist)
+        return _run(cfg, acts, dist, device, url, store, existing is not None, reporter)
 
+
+def _run(cfg: TrainConfig, acts: Activations, dist: Dist, device: torch.device, url: str, store: st.Store | None,
+         resuming: bool, reporter: Reporter) -> TrainResult:
+    """Train from the last checkpoint (or the start) to the end; rank 0 writes ``store``."""
     trainer = _Trainer(cfg, acts, dist, device)
     start = 0
-    if existing is not None:
+    if resuming:
         state = _load_checkpoint(store or st.open_store(url, "jsae", require_complete=False), trainer.pair, trainer.opt,
                                  trainer.last_fired)
         start = state["step"] if state else 0
         reporter.note(f"resuming {url} at step {start} of {cfg.n_steps}")
         if store is not None:
             _truncate_history(store, start)
-
     reporter.note(f"training 2 × {cfg.latents:,} latents, k={cfg.k}, λ={cfg.lam:g} on {format_count(cfg.tokens)} tokens "
                   f"({cfg.n_steps} steps of {cfg.batch_size}) of {acts.url} on {device}"
                   + (f" × {dist.world} processes" if dist.world > 1 else ""))
     stream = BatchStream(acts, batch_size=cfg.batch_size, lanes=cfg.data_lanes, rank=dist.rank, world=dist.world,
                          seed=cfg.seed, buffer_tokens=cfg.buffer_tokens, skip_bos=not cfg.include_bos, start_batch=start)
-    pending: list[dict[str, float]] = []
-    last: dict[str, float] = {}
-    clock: float | None = None  # starts after the first step, which pays for warm-up allocations
     reporter.start("train", (cfg.n_steps - start) * cfg.batch_size, "tokens")
     try:
-        for step in range(start, cfg.n_steps):
-            x, y = next(stream)
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True) if y is not None else None
-            log = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps
-            metrics = trainer.step(step, x, y, step * cfg.batch_size, log)
-            if clock is None:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                clock = time.perf_counter()
-            if metrics:
-                pending.append(metrics)
-                last = metrics
-            shown = {"loss": last["loss"], "fvu_in": last["fvu_in"], "fvu_out": last["fvu_out"], "J>0.01": last["j_count"]} if last else {}
-            reporter.advance(cfg.batch_size, **shown)
-            done = step + 1
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.n_steps:
-                if store is not None:
-                    _append_history(store, pending)
-                    pending = []
-                    _save_checkpoint(store, trainer.pair, trainer.opt, {"step": done}, trainer.last_fired)
-                    store.update_meta(checkpoint_step=done)
-                _barrier(dist)
+        loop = _loop(cfg, trainer, stream, start, store, dist, reporter)
     finally:
         stream.close()
         reporter.finish()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timed_steps = cfg.n_steps - start - 1
-    tps = timed_steps * cfg.batch_size / (time.perf_counter() - clock) if clock and timed_steps > 0 else 0.0
-    final = _finite({k: v for k, v in last.items() if k not in ("step", "tokens", "lr")})
+    if loop.data_wait > DATA_WAIT_WARN:
+        reporter.note(f"note: training waited for data {loop.data_wait:.0%} of the time; raise --buffer-tokens, or read "
+                      "from a store harvested with --compression none or on a faster disk")
+    trainer.check_weights(cfg.n_steps)
+    final = {**_finite({k: v for k, v in loop.last.items() if k not in ("step", "tokens", "lr")}), "data_wait": loop.data_wait}
     if store is not None:
-        _append_history(store, pending)
+        _append_history(store, loop.pending)
         _write_result(store, trainer.pair)
         if "checkpoint" in store.group and not cfg.keep_checkpoint:
             del store.group["checkpoint"]  # optimiser state is 3x the weights; a finished run needs none
-        store.mark_complete(checkpoint_step=None, final_metrics=final, tokens_per_second=tps)
+        store.mark_complete(checkpoint_step=None, final_metrics=final, tokens_per_second=loop.tokens_per_second)
     _barrier(dist)
-    return TrainResult(url, tps, final, cfg.n_steps)
+    return TrainResult(url, loop.tokens_per_second, final, cfg.n_steps)
+
+
+# Above this share of wall time spent waiting for batches, training says what to change.
+DATA_WAIT_WARN = 0.25
+
+
+@dataclass
+class _LoopResult:
+    last: dict[str, float]
+    pending: list[dict[str, float]]
+    tokens_per_second: float
+    data_wait: float
+    """Share of the wall time (after the first step) spent waiting for the next batch."""
+
+
+def _loop(cfg: TrainConfig, trainer: _Trainer, stream: BatchStream, start: int, store: st.Store | None, dist: Dist,
+          reporter: Reporter) -> _LoopResult:
+    device = trainer.device
+    pending: list[dict[str, float]] = []
+    last: dict[str, float] = {}
+    clock: float | None = None  # starts after the first step, which pays for warm-up allocations
+    waited = window_wait = 0.0
+    window_start = time.perf_counter()
+    for step in range(start, cfg.n_steps):
+        before = time.perf_counter()
+        x, y = next(stream)
+        wait = time.perf_counter() - before
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True) if y is not None else None
+        log = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps
+        metrics = trainer.step(step, x, y, step * cfg.batch_size, log)
+        if clock is None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            clock = time.perf_counter()
+        else:
+            waited += wait
+        window_wait += wait
+        if metrics:
+            now = time.perf_counter()
+            metrics["data_wait"] = window_wait / max(now - window_start, 1e-9)
+            window_wait, window_start = 0.0, now
+            pending.append(metrics)
+            last = metrics
+        shown = {"loss": last["loss"], "fvu_in": last["fvu_in"], "fvu_out": last["fvu_out"], "J>0.01": last["j_count"],
+                 "wait": last["data_wait"]} if last else {}
+        reporter.advance(cfg.batch_size, **shown)
+        done = step + 1
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.n_steps:
+            trainer.check_weights(done)  # never checkpoint a diverged run over the last good one
+            if store is not None:
+                _append_history(store, pending)
+                pending = []
+                _save_checkpoint(store, trainer.pair, trainer.opt, {"step": done}, trainer.last_fired)
+                store.update_meta(checkpoint_step=done)
+            _barrier(dist)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - clock if clock else 0.0
+    timed_steps = cfg.n_steps - start - 1
+    tps = timed_steps * cfg.batch_size / elapsed if elapsed > 0 and timed_steps > 0 else 0.0
+    return _LoopResult(last, pending, tps, waited / elapsed if elapsed > 0 else 0.0)
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:

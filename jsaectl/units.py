@@ -33,7 +33,7 @@ def parse_count(text: str | int, what: str = "count") -> int:
 
 def format_count(n: float) -> str:
     """2_000_000 -> '2M', 1_536 -> '1.5k' (for names and tables, not for parsing back exactly)."""
-    for factor, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "k")):
+    for factor, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "k")):
         if abs(n) >= factor:
             value = n / factor
             text = f"{value:.1f}".rstrip("0").rstrip(".")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from jsaectl.cli import app
 from jsaectl.compare import CompareConfig, compare
 from jsaectl.jacobian import JacobianConfig, jacobian
-from jsaectl.models import load_model, locate_mlp
+from jsaectl.models import load_model
 from jsaectl.pair import LoadedJSAE
 from jsaectl.train import TrainConfig, train
 

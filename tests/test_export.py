@@ -26,6 +26,7 @@ from jsaectl.export import (
 )
 from jsaectl.jacobian import JacobianConfig, jacobian
 from jsaectl.pair import load_sae
+from jsaectl.store import open_store
 from jsaectl.sae import TopKSAE
 
 runner = CliRunner()
@@ -40,8 +41,8 @@ def jac_store(jsae_store, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def saes(jsae_store) -> dict[str, TopKSAE]:
-    g = zarr.open_group(jsae_store, mode="r")
-    return {side: load_sae(g[f"sae_{side}"]) for side in ("in", "out")}
+    store = open_store(jsae_store, "jsae")
+    return {side: load_sae(store, f"sae_{side}") for side in ("in", "out")}
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import json
 
 import pytest
 import torch
-import zarr
 
 from jsaectl.export import ExportConfig, export, sparsify_hookpoint
 from jsaectl.pair import load_sae
+from jsaectl.store import open_store
 
 pytestmark = pytest.mark.interop
 
@@ -30,8 +30,8 @@ TOL = {"rtol": 1e-5, "atol": 1e-6}
 
 @pytest.fixture(scope="module")
 def ours(jsae_store):
-    g = zarr.open_group(jsae_store, mode="r")
-    return {side: load_sae(g[f"sae_{side}"]) for side in ("in", "out")}, g.attrs["jsaectl"]
+    store = open_store(jsae_store, "jsae")
+    return {side: load_sae(store, f"sae_{side}") for side in ("in", "out")}, store.meta
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ def test_tokens_are_the_documented_context_stream(gpt2_dir, corpus, tmp_path):
     assert (g["tokens"][:].reshape(10, 16) == expected).all()
     assert (expected[:, 0] == loaded.tokenizer.bos_token_id).all()
     meta = g.attrs["jsaectl"]
-    assert meta["kind"] == "activations" and meta["complete"] and meta["format"] == 1
+    assert meta["kind"] == "activations" and meta["complete"] and meta["format"] == 2
     assert meta["model"]["name"] == str(gpt2_dir) and meta["layer"] == 0
     assert g["vocab"][int(expected[0, 1])] == loaded.tokenizer.decode([int(expected[0, 1])])
 

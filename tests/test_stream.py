@@ -16,11 +16,17 @@ T, PER_CHUNK, N = 32, 16, 32 * 16 * 23  # 23 chunks of 16 contexts
 @pytest.fixture(scope="module")
 def numbered(tmp_path_factory) -> Activations:
     """An activations store whose row r holds the number r, so every row can be identified."""
-    s, _ = st.prepare_output(str(tmp_path_factory.mktemp("n") / "n.zarr"), "activations", {"test": 1}, overwrite=False)
-    x = s.group.create_array("x", shape=(N, 4), chunks=(T * PER_CHUNK, 4), dtype="float32")
-    x[...] = np.repeat(np.arange(N, dtype=np.float32)[:, None], 4, 1)
-    s.mark_complete(n_tokens=N, d_model=4, context_size=T, contexts_per_chunk=PER_CHUNK, store_dtype="float32",
-                    data={"bos": True})
+    with st.writing(str(tmp_path_factory.mktemp("n") / "n.zarr"), "activations", {"test": 1}, overwrite=False) as (s, _):
+        x = st.create_array(s.group, "x", shape=(N, 4), chunks=(T * PER_CHUNK, 4), dtype="float32")
+        x[...] = np.repeat(np.arange(N, dtype=np.float32)[:, None], 4, 1)
+        rows = np.arange(N, dtype=np.int32)
+        st.write_array(s.group, "tokens", rows % 7)
+        st.write_array(s.group, "position", rows % T)
+        st.write_array(s.group, "vocab", np.array(list("abcdefg"), dtype=object))
+        for name, shape in (("W_in", (8, 4)), ("b_in", (8,)), ("W_out", (4, 8)), ("b_out", (4,))):
+            st.write_array(s.group, f"mlp/{name}", np.zeros(shape, dtype=np.float32))
+        s.mark_complete(n_tokens=N, d_model=4, context_size=T, contexts_per_chunk=PER_CHUNK, store_dtype="float32",
+                        data={"bos": True})
     return Activations.open(s.url)
 
 

@@ -3,60 +3,168 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
+import signal
 import sys
+import threading
+import warnings
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from jsaectl import __version__
-from jsaectl.errors import JsaectlError
+from jsaectl.errors import JsaectlError, JsaectlWarning
 
 
 def _fail(message: str, hint: str | None, code: int) -> int:
     # Plain write, not rich: one line that no terminal width wraps or restyles.
     line = f"jsaectl: error: {message}" + (f" (hint: {hint})" if hint else "")
-    sys.stderr.write(line.replace("\n", " ") + "\n")
-    sys.stderr.flush()
+    _say(line)
     return code
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stderr.write(line.replace("\n", " ") + "\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):  # stderr closed as well: nothing left to say it on
+        pass
+
+
+class _Signalled(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt (every ``finally``
+    runs: spill files go, locks are released, a store stays resumable), but click does not
+    turn it into its own Abort."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+_RESUME = {"train": "run the same command with --resume to continue",
+           "harvest": "run the same command again to resume", "jacobian": "run the same command again to resume"}
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Any:
+    """SIGINT, SIGTERM and SIGHUP raise ``_Signalled`` once; later ones are ignored while the
+    command cleans up."""
+
+    def handler(signum: int, frame: Any) -> None:
+        for s in _SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise _Signalled(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    for s in _SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (``| head``): point stdout at /dev/null so that the
+    interpreter's own flush at exit does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    if issubclass(category, JsaectlWarning):
+        _say(f"jsaectl: note: {message}")
+    else:
+        _ORIGINAL_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_ORIGINAL_SHOWWARNING = warnings.showwarning
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _environment_error(e: BaseException) -> tuple[str, str] | None:
+    """(message, hint) for failures of the machine rather than of jsaectl, or None."""
+    if isinstance(e, MemoryError):
+        return "out of memory", "lower --batch-size (and --buffer-tokens for train), or use a machine with more memory"
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        where = f" writing {e.filename}" if e.filename else ""
+        return (f"the disk is full{where} ({e.strerror})",
+                "free some space, then run the same command again: the store is incomplete and resumes")
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror}{where}", "check the path, its permissions and the free space"
+    if type(e).__module__.startswith(("numcodecs", "zarr")) or "decompression" in str(e).lower():
+        return (f"a chunk of a store could not be decoded ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})",
+                "the store is damaged; run `jsaectl verify` on the stores this command read")
+    return None
 
 
 class _Boundary(TyperGroup):
     """Turns every failure into one line on stderr and an exit code (1: the input or the run
-    failed, 2: the command line was wrong, 130: interrupted). ``JSAECTL_DEBUG=1`` re-raises
-    so the traceback shows. Nothing is written to stdout on failure, so a pipe stops."""
+    failed, 2: the command line was wrong, 128 + N: signal N, 141: stdout closed). Nothing is
+    written to stdout on failure, so a pipe stops. ``JSAECTL_DEBUG=1`` re-raises so the
+    traceback shows."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # SIGINT outside our handler (a thread, an embedding program)
+            raise _Signalled(signal.SIGINT) from None
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         debug = os.environ.get("JSAECTL_DEBUG", "") not in ("", "0")
-        try:
-            rv = super().main(args=args, prog_name=prog_name or "jsaectl", complete_var=complete_var,
-                              standalone_mode=False, **extra)
-            code = rv if isinstance(rv, int) else 0
-        except JsaectlError as e:
-            if debug:
-                raise
-            code = _fail(e.message, e.hint, e.exit_code)
-        except typer.Abort:
-            code = _fail("interrupted", None, 130)
-        except typer.exceptions.TyperException as e:  # usage errors from the vendored click
-            ctx = getattr(e, "ctx", None)
-            hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `jsaectl --help`"
-            code = _fail(e.format_message(), hint, getattr(e, "exit_code", 2))
-        except KeyboardInterrupt:
-            code = _fail("interrupted", "run the same command again to resume", 130)
-        except BrokenPipeError:
-            sys.stderr.close()  # the reader went away: nothing left to say
-            code = 141
-        except Exception as e:
-            if debug:
-                raise
-            code = _fail(f"internal error: {type(e).__name__}: {e}",
-                         "set JSAECTL_DEBUG=1 to see the traceback, and please report it", 1)
+        argv = list(sys.argv[1:] if args is None else args)
+        command = next((a for a in argv if not a.startswith("-")), "")
+        with _signals_unwind(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            code = self._run(args, prog_name, complete_var, extra, debug, command)
         if standalone_mode:
             sys.exit(code)
         return code
+
+    def _run(self, args: Any, prog_name: str | None, complete_var: str | None, extra: dict, debug: bool, command: str) -> int:
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "jsaectl", complete_var=complete_var,
+                              standalone_mode=False, **extra)
+            return rv if isinstance(rv, int) else 0
+        except JsaectlError as e:
+            if debug:
+                raise
+            hint = e.hint or (f"see `jsaectl {command} --help`" if e.exit_code == 2 else None)
+            return _fail(e.message, hint, e.exit_code)
+        except _Signalled as e:
+            name = signal.Signals(e.signum).name
+            _say(f"jsaectl: interrupted ({name}) — {_RESUME.get(command, 'run the same command again')}")
+            return 128 + e.signum
+        except typer.Abort:  # click's own: an EOF at a prompt
+            return _fail("interrupted", None, 130)
+        except typer.exceptions.TyperException as e:  # usage errors from the vendored click
+            ctx = getattr(e, "ctx", None)
+            hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `jsaectl --help`"
+            return _fail(e.format_message(), hint, getattr(e, "exit_code", 2))
+        except BrokenPipeError:
+            _quiet_stdout()  # the reader went away (`| head`): nothing to say, the conventional status
+            return 128 + 13
+        except Exception as e:
+            if debug:
+                raise
+            known = _environment_error(e)
+            if known is not None:
+                return _fail(known[0], known[1], 1)
+            return _fail(f"internal error: {type(e).__name__}: {e}",
+                         "set JSAECTL_DEBUG=1 to see the traceback, and please report it", 1)
 
 
 app = typer.Typer(
@@ -91,7 +199,7 @@ def _root(
 
 def _register() -> None:
     # Each command module is imported here; heavy libraries are imported inside the commands.
-    from jsaectl.cli import compare, export, harvest, jacobian, maxact, train
+    from jsaectl.cli import compare, export, harvest, jacobian, maxact, train, verify
 
     app.command("harvest", help=harvest.__doc__)(harvest.harvest_cmd)
     app.command("train", help=train.__doc__)(train.train_cmd)
@@ -99,6 +207,7 @@ def _register() -> None:
     app.command("maxact", help=maxact.__doc__)(maxact.maxact_cmd)
     app.command("compare", help=compare.__doc__)(compare.compare_cmd)
     app.command("export", help=export.__doc__)(export.export_cmd)
+    app.command("verify", help=verify.__doc__)(verify.verify_cmd)
 
 
 _register()

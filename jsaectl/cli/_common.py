@@ -24,8 +24,22 @@ from rich.text import Text
 from jsaectl.errors import ConfigError, JsaectlError
 from jsaectl.units import format_count
 
+class _Console(Console):
+    """A rich console that lets a closed pipe (``| head``) end the command through the CLI's
+    error boundary (exit 141, nothing said), not rich's own ``SystemExit(1)``."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 # Everything for humans goes to stderr; stdout carries only what the next stage reads.
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def out_console(**kwargs: Any) -> Console:
+    """The console for results that go to stdout (maxact, compare)."""
+    return _Console(highlight=False, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,6 +54,10 @@ def _load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | N
         data = yaml.safe_load(Path(value).read_text())
     except FileNotFoundError:
         raise typer.BadParameter(f"no such file: {value}") from None
+    except UnicodeDecodeError:
+        raise typer.BadParameter(f"{value} is not a text file (a YAML config is UTF-8 text)") from None
+    except OSError as e:
+        raise typer.BadParameter(f"cannot read {value}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise typer.BadParameter(f"{value} is not valid YAML: {str(e).splitlines()[0]}") from None
     data = data or {}
@@ -100,6 +118,25 @@ def store_from_arg(value: str | None) -> str:
         except (json.JSONDecodeError, KeyError, TypeError):
             raise JsaectlError("stdin holds JSON without a \"store\" key", hint="pipe a jsaectl stage into this one") from None
     return line
+
+
+def stores_from_args(args: list[str] | None) -> tuple[str, ...]:
+    """Several store arguments, or (when none or ``-``) one per line of stdin."""
+    if args and args != ["-"]:
+        return tuple(args)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ConfigError("no stores given, and stdin is a terminal", hint="pass the stores, or pipe them in one per line")
+    lines = []
+    for line in sys.stdin:
+        line = line.strip()
+        if line.startswith("{"):  # a stage's --json line
+            try:
+                line = json.loads(line).get("store", "")
+            except (json.JSONDecodeError, AttributeError):
+                raise JsaectlError("stdin holds JSON without a \"store\" key", hint="pipe a jsaectl stage into this one") from None
+        if line:
+            lines.append(line)
+    return tuple(lines)
 
 
 def emit(store: str, summary: dict[str, Any], as_json: bool) -> None:

@@ -15,10 +15,9 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from jsaectl.cli._common import ConfigOpt, DeviceOpt, RichReporter, err
+from jsaectl.cli._common import out_console, stores_from_args, ConfigOpt, DeviceOpt, RichReporter, err
 from jsaectl.cli.jacobian import _floats
 from jsaectl.errors import ConfigError, JsaectlError
 from jsaectl.units import parse_count
@@ -97,21 +96,6 @@ def plot(results, path: str) -> None:
     plt.close(fig)
 
 
-def _stores(args: list[str] | None) -> tuple[str, ...]:
-    if args and args != ["-"]:
-        return tuple(args)
-    if sys.stdin is None or sys.stdin.isatty():
-        raise ConfigError("no stores given, and stdin is a terminal", hint="pass jsae stores, or pipe them in one per line")
-    lines = []
-    for line in sys.stdin:
-        line = line.strip()
-        if line.startswith("{"):
-            line = json.loads(line).get("store", "")
-        if line:
-            lines.append(line)
-    return tuple(lines)
-
-
 def compare_cmd(
     stores: Annotated[list[str] | None, typer.Argument(help="jsae or jacobian stores; read one per line from stdin when missing.", show_default=False)] = None,
     acts: Annotated[str | None, typer.Option("--acts", help="Evaluate every run on this activations store (held-out text). Default: each run's own.", show_default=False)] = None,
@@ -133,7 +117,7 @@ def compare_cmd(
     cuts = _floats(thresholds)
     if plot_path and 0.01 not in cuts:  # the plot's y axis is the paper's |J| > 0.01
         cuts = (*cuts, 0.01)
-    cfg = CompareConfig(stores=_stores(stores), acts=acts, tokens=parse_count(tokens, "--tokens"), eval_tokens=eval_n,
+    cfg = CompareConfig(stores=stores_from_args(stores), acts=acts, tokens=parse_count(tokens, "--tokens"), eval_tokens=eval_n,
                         thresholds=cuts, batch_size=batch_size, device=device)
     if plot_path:  # fail before minutes of work, not after
         try:
@@ -159,4 +143,4 @@ def compare_cmd(
                              *[r.values.get(k, "") for k in keys]])
     else:
         # Piped, rich would squeeze the table into 80 columns; it only takes the width it needs.
-        Console(highlight=False, width=None if sys.stdout.isatty() else 240).print(table(results, cfg.thresholds))
+        out_console(width=None if sys.stdout.isatty() else 240).print(table(results, cfg.thresholds))

@@ -39,6 +39,8 @@ def harvest_cmd(
     text_column: Annotated[str, typer.Option("--text-column", help="Column with the text in .jsonl/.parquet files and Hub datasets.")] = "text",
     dtype: Annotated[str, typer.Option("--dtype", help="Storage precision of x (and y): float16, bfloat16 (stored as its uint16 bits) or float32.")] = "float16",
     with_output: Annotated[bool, typer.Option("--with-output", help="Also store the MLP output y (otherwise train recomputes it from the stored MLP weights).")] = False,
+    compression: Annotated[str, typer.Option("--compression", help="How x (and y) are stored: zstd or none. Every chunk carries a crc32c checksum either way.")] = "zstd",
+    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="Store NaN, inf or float16 overflows as 0 and count them in the store's attrs, instead of stopping with an error naming their rows.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Contexts per forward pass.")] = 16,
     device: DeviceOpt = "auto",
     model_dtype: Annotated[str, typer.Option("--model-dtype", help="Precision the model runs in: float32, bfloat16 or float16.")] = "float32",
@@ -58,7 +60,7 @@ def harvest_cmd(
         model=model, layer=layer, revision=revision, trust_remote_code=trust_remote_code, random_init=random_init,
         seed=seed, model_dtype=model_dtype, dataset=dataset, split=split, subset=subset, text_column=text_column,
         tokens=parse_count(tokens, "--tokens"), context_size=context_size, bos=bos, dtype=dtype,
-        with_output=with_output, batch_size=batch_size, device=device, out=out, overwrite=overwrite, shard=_shard(shard),
+        with_output=with_output, compression=compression, allow_nonfinite=allow_nonfinite, batch_size=batch_size, device=device, out=out, overwrite=overwrite, shard=_shard(shard),
     )
     result = harvest(cfg, RichReporter())
     if not result.already_complete:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 
-from jsaectl.cli._common import ConfigOpt, DeviceOpt, JsonOpt, RichReporter, store_from_arg
+from jsaectl.cli._common import out_console, ConfigOpt, DeviceOpt, JsonOpt, RichReporter, store_from_arg
 from jsaectl.errors import ConfigError
 from jsaectl.units import parse_count
 
@@ -100,4 +100,4 @@ def maxact_cmd(
     if json_out:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
     else:
-        render(result, Console(highlight=False))
+        render(result, out_console())
