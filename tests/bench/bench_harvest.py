@@ -8,7 +8,13 @@ Both sides see the same contexts in the same batches (16 × 256 tokens). The ful
 stops the forward pass inside layer 3's MLP and also writes the store (float16, a background
 thread). Target (issue #2): >= 3x.
 
+The harvest is also timed with the chunk checksums switched off (the store format before
+issue 11), taking turns with the real one over ``--rounds``, to show what the crc32c costs
+(target: under 5% of harvest throughput).
+
 Measured on the 2-core CPU development machine (torch 2.13.0 CPU, 2 threads):
+  2026-11-28: full forward 298 tokens/s, jsaectl harvest layer 3 1,856 tokens/s: 6.24x;
+              without chunk checksums 1,807 tokens/s (checksum cost -2.8%: noise).
   2026-11-26: full forward 387 tokens/s, jsaectl harvest layer 3 2,414 tokens/s: 6.24x.
   2026-11-25: full forward 477 tokens/s, jsaectl harvest layer 3 3,029 tokens/s: 6.35x.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +49,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12, help="model depth (GPT-2 small: 12)")
     parser.add_argument("--layer", type=int, default=3, help="layer harvested")
     parser.add_argument("--batches", type=int, default=4, help="batches of 16 x 256 tokens timed on each side")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of harvest with and without checksums, taking turns")
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
@@ -75,11 +83,25 @@ def main() -> None:
         full = n_tokens / (time.perf_counter() - began)
     del model
 
-    result = harvest(HarvestConfig(model=str(tmp / "model"), layer=args.layer, dataset=str(tmp / "text.jsonl"),
-                                   tokens=n_tokens, context_size=256, batch_size=16, out=str(tmp / "acts.zarr")))
+    from jsaectl import store as st
+
+    full_codecs = st.codecs
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(args.rounds):
+        for checksum in (True, False):
+            st.codecs = full_codecs if checksum else (lambda compression="zstd": full_codecs(compression)[:-1])
+            try:
+                result = harvest(HarvestConfig(model=str(tmp / "model"), layer=args.layer, dataset=str(tmp / "text.jsonl"),
+                                               tokens=n_tokens, context_size=256, batch_size=16, overwrite=True,
+                                               out=str(tmp / f"acts-{checksum}.zarr")))
+            finally:
+                st.codecs = full_codecs
+            rates[checksum].append(result.tokens_per_second)
+    with_crc, without = statistics.median(rates[True]), statistics.median(rates[False])
     print(f"full forward (LM head included) {full:10,.0f} tokens/s")
-    print(f"jsaectl harvest, layer {args.layer}      {result.tokens_per_second:10,.0f} tokens/s   (store written, float16)")
-    print(f"ratio: {result.tokens_per_second / full:.2f}x (target >= 3x)")
+    print(f"jsaectl harvest, layer {args.layer}      {with_crc:10,.0f} tokens/s   (store written, float16, zstd + crc32c; median of {args.rounds})")
+    print(f"  without chunk checksums       {without:10,.0f} tokens/s   (checksum cost {1 - with_crc / without:+.1%})")
+    print(f"ratio: {with_crc / full:.2f}x (target >= 3x)")
 
 
 if __name__ == "__main__":

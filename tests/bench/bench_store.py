@@ -19,8 +19,18 @@ zarr read of the same bytes (the floor).
 Activations are random normal here, which zstd compresses about as badly as real ones (real
 activations: 563 MB for 614 MB raw at d_model 768).
 
-Measured on the 2-core CPU development machine (torch 2.13.0 CPU, 2 threads; a shared host):
-  (see the closing figures of issue 11/15 in the README's Performance section)
+Measured on the 2-core CPU development machine (2026-11-28, torch 2.13.0 CPU, 2 threads; a
+shared host), full shape, median of 3 rounds taking turns, `--train-steps 6`:
+
+  variant          write MB/s   on disk  stream tokens/s  sequential read  train tokens/s
+  zstd + crc32c           166     555MB           59,967          188,208             616
+  zstd                    147     555MB           59,532          231,969             654
+  none + crc32c           220     604MB           64,578          411,559             613
+  none                    224     604MB           60,580          368,051             587
+
+  The checksum's cost is inside this host's noise: write -12.6% / +1.7%, stream -0.7% / -6.6%,
+  train +5.9% / -4.4% (zstd / none; negative: faster with the checksum). crc32c runs at
+  ~20 GB/s here, 0.05 ms per 1 MiB chunk.
 """
 
 from __future__ import annotations
@@ -76,8 +86,10 @@ def build(path: Path, d: int, n: int, compression: str, checksum: bool, data: np
             st.write_array(s.group, "tokens", idx % 50)
             st.write_array(s.group, "position", idx % T)
             st.write_array(s.group, "vocab", np.array([str(i) for i in range(50)], dtype=object))
+            rng = np.random.default_rng(1)
             for name, shape in (("W_in", (4 * d, d)), ("b_in", (4 * d,)), ("W_out", (d, 4 * d)), ("b_out", (d,))):
-                st.write_array(s.group, f"mlp/{name}", np.zeros(shape, dtype=np.float32))
+                st.write_array(s.group, f"mlp/{name}", (0.05 * rng.standard_normal(shape)).astype(np.float32))
+            s.group["mlp"].attrs.update({"activation": "gelu", "gated": False})
             s.mark_complete(n_tokens=n, d_model=d, d_mlp=4 * d, context_size=T, contexts_per_chunk=per_chunk,
                             store_dtype="float16", data={"bos": True})
     finally:
@@ -89,7 +101,6 @@ def stream_rate(path: Path, batches: int) -> float:
     acts = Activations.open(str(path))
     stream = BatchStream(acts, batch_size=4096, lanes=1, rank=0, world=1, seed=0, buffer_tokens=32 * 4096)
     try:
-        next(stream)  # the first buffer fill is paid before training starts
         began = time.perf_counter()
         for _ in range(batches):
             next(stream)
@@ -108,6 +119,17 @@ def sequential_rate(path: Path) -> float:
     return acts.n_tokens / (time.perf_counter() - began)
 
 
+def train_rate(path: Path, steps: int) -> float:
+    """`jsaectl train` throughput reading this store (the trainer's own tokens/s figure)."""
+    from jsaectl.train import TrainConfig, train
+
+    out = path.with_suffix(".jsae.zarr")
+    result = train(TrainConfig(acts=str(path), expansion=4, k=32, tokens=steps * 4096, checkpoint_every=0,
+                               out=str(out), overwrite=True))
+    shutil.rmtree(out, ignore_errors=True)
+    return result.tokens_per_second
+
+
 def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in (path / "x").rglob("*") if f.is_file())
 
@@ -116,14 +138,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every variant, taking turns")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="also time `train` (4x expansion, k=32, batches of 4096) for this many steps on each store")
     args = parser.parse_args()
     d, n = (192, 131072) if args.small else (768, 393216)
     data = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32).astype(np.float16)
     tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
-    batches = n // 4096 - 2
+    batches = n // 4096 - 1  # one pass over the store, less the BOS rows
     print(f"d_model {d}, {n:,} tokens of float16 ({n * d * 2 / 1e6:,.0f} MB raw), {args.rounds} rounds taking turns; "
-          f"stream: {batches} batches of 4096 after the first; {os.cpu_count()} CPUs")
-    results: dict[str, dict[str, list[float]]] = {v: {"write": [], "stream": [], "seq": []} for v in VARIANTS}
+          f"stream: {batches} batches of 4096 (one pass, first buffer fill included); {os.cpu_count()} CPUs")
+    results: dict[str, dict[str, list[float]]] = {v: {"write": [], "stream": [], "seq": [], "train": []} for v in VARIANTS}
     sizes = {}
     for _ in range(args.rounds):
         for name, (compression, checksum) in VARIANTS.items():
@@ -133,16 +157,19 @@ def main() -> None:
             sizes[name] = disk_bytes(path)
             results[name]["stream"].append(stream_rate(path, batches))
             results[name]["seq"].append(sequential_rate(path))
+            if args.train_steps:
+                results[name]["train"].append(train_rate(path, args.train_steps))
     shutil.rmtree(tmp, ignore_errors=True)
-    med = {v: {k: statistics.median(r) for k, r in m.items()} for v, m in results.items()}
-    print(f"{'variant':<15} {'write MB/s':>11} {'on disk':>9} {'stream tokens/s':>16} {'sequential read':>16}")
+    med = {v: {k: statistics.median(r) if r else float("nan") for k, r in m.items()} for v, m in results.items()}
+    print(f"{'variant':<15} {'write MB/s':>11} {'on disk':>9} {'stream tokens/s':>16} {'sequential read':>16} {'train tokens/s':>15}")
     for name in VARIANTS:
         m = med[name]
-        print(f"{name:<15} {m['write']:>11,.0f} {sizes[name] / 1e6:>7,.0f}MB {m['stream']:>16,.0f} {m['seq']:>16,.0f}")
+        print(f"{name:<15} {m['write']:>11,.0f} {sizes[name] / 1e6:>7,.0f}MB {m['stream']:>16,.0f} {m['seq']:>16,.0f} "
+              f"{m['train']:>15,.0f}")
     for base in ("zstd", "none"):
         with_crc, without = med[f"{base} + crc32c"], med[base]
         print(f"checksum cost ({base}): write {1 - with_crc['write'] / without['write']:+.1%} of throughput, "
-              f"stream {1 - with_crc['stream'] / without['stream']:+.1%}")
+              f"stream {1 - with_crc['stream'] / without['stream']:+.1%}, train {1 - with_crc['train'] / without['train']:+.1%}")
     print(f"stream / sequential read (zstd + crc32c): {med['zstd + crc32c']['stream'] / med['zstd + crc32c']['seq']:.2f}x; "
           f"uncompressed stream vs zstd: {med['none + crc32c']['stream'] / med['zstd + crc32c']['stream']:.2f}x")
 
