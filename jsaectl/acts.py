@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -92,6 +93,40 @@ class Activations:
         """Position within its context of each row: contexts are fixed-length and start at row 0."""
         return rows % self.context_size
 
+    # --- which rows are read: the one rule for BOS, used by training and every analysis
+
+    def skips_bos(self, include_bos: bool) -> bool:
+        """Whether rows at position 0 are left out: they hold the BOS token, whose activations
+        are outliers that say nothing about the text (unless ``include_bos``)."""
+        return self.bos and not include_bos
+
+    def keep(self, lo: int, hi: int, include_bos: bool) -> np.ndarray:
+        """``[hi - lo]`` bool: which of rows ``[lo, hi)`` are read."""
+        rows = np.arange(lo, hi)
+        return self.position(rows) != 0 if self.skips_bos(include_bos) else np.ones(hi - lo, dtype=bool)
+
+    def n_kept(self, n_rows: int, include_bos: bool) -> int:
+        """How many of the first ``n_rows`` rows are read."""
+        n_rows = min(n_rows, self.n_tokens)
+        return n_rows - -(-n_rows // self.context_size) if self.skips_bos(include_bos) else n_rows
+
+    def batches(self, n_rows: int, batch_size: int, include_bos: bool,
+                device: torch.device | str = "cpu") -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
+        """``(rows, x, y)`` for the kept rows among the first ``n_rows``, in order, on ``device``;
+        y is the stored MLP output, or None where the store has none (then y = f(x))."""
+        n_rows = min(n_rows, self.n_tokens)
+        for lo in range(0, n_rows, batch_size):
+            hi = min(n_rows, lo + batch_size)
+            keep = self.keep(lo, hi, include_bos)
+            x = self.rows("x", lo, hi)[torch.from_numpy(keep)]
+            y = self.rows("y", lo, hi)[torch.from_numpy(keep)] if self.has_y else None
+            yield np.arange(lo, hi)[keep], x.to(device), (y.to(device) if y is not None else None)
+
+    def xy(self, lo: int, hi: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """All rows ``[lo, hi)`` of x and the stored y (or None), BOS included: a context's window."""
+        y = self.rows("y", lo, hi).to(device) if self.has_y else None
+        return self.rows("x", lo, hi).to(device), y
+
     @cached_property
     def vocab(self) -> np.ndarray:
         return self.store.group["vocab"][...]
@@ -111,7 +146,19 @@ class Activations:
         return decode_window(ids, *self._vocab_bytes)
 
     def mlp(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> MLPWeights:
-        g = self.store.group["mlp"]
-        get = lambda name: torch.from_numpy(self.store.finite(f"mlp/{name}")).to(device=device, dtype=dtype) if name in g else None  # noqa: E731
-        return MLPWeights(get("W_in"), get("b_in"), get("W_out"), get("b_out"), g.attrs["activation"],
-                          get("W_gate"), get("b_gate"))
+        return read_mlp(self.store, device, dtype)
+
+
+def read_mlp(store: st.Store, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> MLPWeights:
+    """The MLP weights in ``mlp/`` of an activations or jsae store, refused if one is not finite."""
+    g = store.group["mlp"]
+    get = lambda name: torch.from_numpy(store.finite(f"mlp/{name}")).to(device=device, dtype=dtype) if name in g else None  # noqa: E731
+    return MLPWeights(get("W_in"), get("b_in"), get("W_out"), get("b_out"), g.attrs["activation"], get("W_gate"), get("b_gate"))
+
+
+def write_mlp(store: st.Store, mlp: MLPWeights, **attrs: Any) -> None:
+    """``mlp/``: the weights in float32 and attrs naming the activation exactly."""
+    g = st.race_safe(store.group.require_group, "mlp")
+    for name, tensor in mlp.tensors().items():
+        st.write_array(g, name, tensor.detach().float().cpu().numpy())
+    g.attrs.update({"activation": mlp.activation, "gated": mlp.gated, "d_model": mlp.d_model, "d_mlp": mlp.d_mlp, **attrs})

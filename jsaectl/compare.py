@@ -29,8 +29,7 @@ import torch.nn.functional as F
 
 from jsaectl import store as st
 from jsaectl.errors import ConfigError, ModelError
-from jsaectl.jacobian import DEFAULT_THRESHOLDS
-from jsaectl.jsae import mass_count
+from jsaectl import sparsity
 from jsaectl.pair import LoadedJSAE, describe_site, site_of
 from jsaectl.progress import SILENT, Reporter
 
@@ -50,8 +49,10 @@ class CompareConfig:
     """Tokens for reconstruction and Jacobian sparsity (the first ones of the store)."""
     eval_tokens: int = 20_000
     """Tokens (whole contexts) for the CE and KL scores; 0 skips them."""
-    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    thresholds: tuple[float, ...] = sparsity.THRESHOLDS
     """|J| thresholds of the sparsity rows."""
+    normalised_thresholds: tuple[float, ...] = sparsity.NORMALISED_THRESHOLDS
+    """Multiples of each token's rms |J| of the scale-free sparsity rows."""
     batch_size: int = 1024
     """Tokens per batch."""
     device: str = "auto"
@@ -63,8 +64,10 @@ class CompareConfig:
         st.check_options_finite(asdict(self))
         if self.tokens <= 0 or self.batch_size <= 0 or self.eval_tokens < 0:
             raise ConfigError("--tokens and --batch-size must be positive, --eval-tokens >= 0")
-        if not self.thresholds or any(t <= 0 for t in self.thresholds):
-            raise ConfigError(f"--thresholds must be positive numbers, not {self.thresholds}")
+        for name in ("thresholds", "normalised_thresholds"):
+            values = getattr(self, name)
+            if not values or any(t <= 0 for t in values):
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive numbers, not {values}")
 
 
 @dataclass
@@ -110,13 +113,13 @@ def _check_compatible(runs: list[LoadedJSAE]) -> list[str]:
 
 
 @torch.no_grad()
-def _reconstruction(run: LoadedJSAE, cfg: CompareConfig, thresholds: torch.Tensor) -> dict[str, float]:
+def _reconstruction(run: LoadedJSAE, cfg: CompareConfig) -> dict[str, float]:
     sums: dict[str, float] = {}
     fired = {"in": torch.zeros(run.n_latents, dtype=torch.bool), "out": torch.zeros(run.n_latents, dtype=torch.bool)}
+    summary = sparsity.Summary(run.k, cfg.thresholds, cfg.normalised_thresholds, run.device)
     n = 0
     for batch in run.batches(cfg.tokens, cfg.batch_size):
-        B = len(batch.rows)
-        for side, v, sae, code in (("in", batch.x, run.sae_in, batch.code_in), ("out", batch.y, run.sae_out, batch.code_out)):
+        for side, v, sae, code in (("in", batch.x, run.sae("in"), batch.code_in), ("out", batch.y, run.sae("out"), batch.code_out)):
             v_hat = sae.decode(code.values, code.indices)
             err = ((v - v_hat) ** 2).sum(-1)
             var = ((v - v.mean(0)) ** 2).sum(-1)
@@ -125,26 +128,27 @@ def _reconstruction(run: LoadedJSAE, cfg: CompareConfig, thresholds: torch.Tenso
             sums[f"var_{side}"] = sums.get(f"var_{side}", 0.0) + float(var.sum())
             sums[f"l0_{side}"] = sums.get(f"l0_{side}", 0.0) + float((code.values > 0).sum())
             fired[side][code.indices[code.values > 0].cpu()] = True
-        absJ = batch.J.abs()
-        for t, count in zip(thresholds.tolist(), (absJ[..., None] > thresholds).sum((1, 2)).sum(0).tolist()):
-            sums[f"j>{t:g}"] = sums.get(f"j>{t:g}", 0.0) + count
-        sums["abs_j"] = sums.get("abs_j", 0.0) + float(absJ.sum())
-        sums["mass90"] = sums.get("mass90", 0.0) + float(mass_count(batch.J).sum())
-        n += B
+        summary.add(batch.J)
+        n += len(batch.rows)
     out = {}
     for side in ("in", "out"):
         out[f"ev_{side}"] = sums[f"ev_{side}"] / n
         out[f"fvu_{side}"] = sums[f"err_{side}"] / sums[f"var_{side}"]
         out[f"l0_{side}"] = sums[f"l0_{side}"] / n
         out[f"dead_{side}"] = 1 - float(fired[side].float().mean())
-    k2 = run.k**2
-    for t in thresholds.tolist():
-        out[f"j>{t:g}"] = sums[f"j>{t:g}"] / n
-        out[f"j>{t:g}_frac"] = sums[f"j>{t:g}"] / n / k2
-    out["mean_abs_j"] = sums["abs_j"] / n / k2
-    out["j_mass90"] = sums["mass90"] / n
-    out["j_mass90_frac"] = sums["mass90"] / n / k2
-    out["tokens"] = n
+    return {**out, **sparsity_values(summary.result()), "tokens": n}
+
+
+def sparsity_values(result: dict[str, Any]) -> dict[str, float]:
+    """A sparsity summary (``sparsity.Summary.result``) as compare's flat keys: ``j>0.01`` and
+    ``j>0.01_frac`` (|J| above a threshold, per token and over k²), ``j>1rms`` (above a
+    multiple of the token's rms |J|), ``j_mass90``, ``j_gini``, ``mean_abs_j``."""
+    out: dict[str, float] = {}
+    for group, suffix in (("above", ""), ("above_rms", "rms")):
+        for t, row in result[group].items():
+            out[f"j>{t}{suffix}"], out[f"j>{t}{suffix}_frac"] = row["mean_count"], row["fraction"]
+    out["j_mass90"], out["j_mass90_frac"] = result["mass90"]["mean_count"], result["mass90"]["fraction"]
+    out["j_gini"], out["mean_abs_j"] = result["gini"], result["mean_abs"]
     return out
 
 
@@ -165,7 +169,7 @@ class _Splicer:
             raise ModelError(f"layer {self.site.layer}'s MLP {where} has shape {tuple(shape)}, not one row per token "
                              f"of the [{B}, {T}] batch", hint="--eval-tokens 0 skips the splice scores; please report this architecture")
         mask = torch.ones(B, T, dtype=torch.bool, device=self.run.device)
-        if self.run.skip_bos:
+        if self.run.acts.skips_bos(self.run.include_bos):
             mask[:, 0] = False
         return mask.reshape(*shape[:-1], 1)
 
@@ -185,13 +189,13 @@ class _Splicer:
         if not (args and isinstance(args[0], torch.Tensor)):  # keywords only: the splice would silently do nothing
             raise ModelError(f"layer {self.site.layer}'s MLP input is not its first positional argument; cannot splice the input SAE",
                              hint="--eval-tokens 0 skips the splice scores; please report this architecture")
-        return (self._spliced(args[0], self.run.sae_in, "input"), *args[1:]), kwargs
+        return (self._spliced(args[0], self.run.sae("in"), "input"), *args[1:]), kwargs
 
     def _post(self, module: Any, args: tuple, output: Any) -> Any:
         if self.mode not in ("zero", "sae_out"):
             return None
         y = output[0] if isinstance(output, tuple) else output
-        new = self._spliced(y, self.run.sae_out if self.mode == "sae_out" else None, "output")
+        new = self._spliced(y, self.run.sae("out") if self.mode == "sae_out" else None, "output")
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     def logits(self, ids: torch.Tensor, mode: str) -> torch.Tensor:
@@ -211,11 +215,13 @@ def _splice_scores(run: LoadedJSAE, cfg: CompareConfig, model_cache: dict, repor
     from jsaectl.models import load_model, locate_mlp
 
     prov = run.acts.meta.get("model") or {}
-    key = (prov.get("name"), prov.get("revision"), prov.get("random_init"), prov.get("seed"), prov.get("dtype"))
+    key = (prov.get("name"), prov.get("revision"), prov.get("random_init"), prov.get("seed"), prov.get("init_scheme"),
+           prov.get("dtype"))
     if key not in model_cache:
         reporter.note(f"loading {prov.get('name')}" + (" (random init)" if prov.get("random_init") else "") + " for the CE/KL scores")
         model_cache[key] = load_model(prov["name"], revision=prov.get("revision"), dtype=prov.get("dtype") or "float32",
-                                      device=run.device, random_init=bool(prov.get("random_init")), seed=prov.get("seed") or 0)
+                                      device=run.device, random_init=bool(prov.get("random_init")), seed=prov.get("seed") or 0,
+                                      init_scheme=prov.get("init_scheme") or "hf")  # stores from before the scheme: hf
     loaded = model_cache[key]
     site = locate_mlp(loaded.model, int(run.acts.meta["layer"]))
     stored = run.acts.mlp("cpu")
@@ -267,12 +273,11 @@ def compare(cfg: CompareConfig, reporter: Reporter = SILENT) -> tuple[list[RunMe
     notes = _check_compatible(runs)
     if cfg.acts is None:
         notes.append("evaluated on each run's own training activations (in-sample); pass --acts for held-out text")
-    thresholds = torch.tensor(sorted(cfg.thresholds), device=device)
     model_cache: dict = {}
     results = []
     reporter.start("compare", len(runs), "runs")
     for url, run in zip(urls, runs):
-        values = _reconstruction(run, cfg, thresholds)
+        values = _reconstruction(run, cfg)
         if cfg.eval_tokens > 0:
             values |= _splice_scores(run, cfg, model_cache, reporter)
             if values["ce_zero"] - values["ce_clean"] <= MIN_CE_GAP:

@@ -37,7 +37,9 @@ import torch
 from jsaectl import __version__
 from jsaectl import store as st
 from jsaectl.errors import ConfigError, StoreError
-from jsaectl.pair import load_sae
+from jsaectl.acts import Activations
+from jsaectl.jsae import JSAE
+from jsaectl.pair import load_jsae
 from jsaectl.sae import TopKSAE
 
 WEIGHT_FORMATS = ("saelens", "sparsify", "jsae-pair")
@@ -50,11 +52,10 @@ _NUMERIC = CONNECTION_COLUMNS[:7]
 # sae-lens reads a cfg.json whose metadata names no sae_lens_version >= 6 through its
 # pre-6.0 converter (which renames and drops keys); this marks the file as v6 format.
 SAELENS_FORMAT_VERSION = "6.0.0"
-# TransformerLens names of the two sites, as TransformerLens 3's TransformerBridge (which
-# runs the Hugging Face model itself, unmodified) hooks them: the MLP module's input and
-# output. Checked equal to what jsaectl harvests for GPT-2, GPT-NeoX, Llama, Gemma 2, Phi and
-# GPT-J. Not `ln2.hook_normalized` (the norm before its gain and bias), `ln2.hook_out`
-# (absent in parallel-attention blocks) or `hook_mlp_out` (after Gemma 2's post-MLP norm).
+# TransformerLens names of the two sites as TransformerLens 3's TransformerBridge (which runs
+# the Hugging Face model itself, unmodified) hooks them: the MLP module's input and output.
+# Checked equal to what jsaectl harvests for GPT-2, GPT-NeoX, Llama, Gemma 2, Phi and GPT-J.
+# (The jsae-pair export names the reference code's hooks instead; see docs/export.md.)
 TL_HOOK_IN = "blocks.{layer}.mlp.hook_in"
 TL_HOOK_OUT = "blocks.{layer}.mlp.hook_out"
 _ROWS_PER_BLOCK = 1 << 16
@@ -194,20 +195,26 @@ def _commit(tmp: str, out: str) -> None:
 
 
 @dataclass
-class _JSAE:
-    """The two SAEs of a jsae store and the facts about them that exports record."""
+class _Source:
+    """The JSAE of a jsae store and the facts about it that exports record."""
 
     url: str
-    sae_in: TopKSAE
-    sae_out: TopKSAE
+    jsae: JSAE
     meta: dict[str, Any]
 
     @classmethod
-    def load(cls, store: st.Store) -> _JSAE:
-        return cls(store.url, load_sae(store, "sae_in"), load_sae(store, "sae_out"), store.meta)
+    def load(cls, store: st.Store) -> _Source:
+        mlp = None
+        if "mlp" not in store.group:  # a store from before the MLP was kept with the SAEs
+            try:
+                mlp = Activations.open(store.meta["acts_store"]).mlp()
+            except StoreError as e:
+                raise StoreError(f"{store.url} predates keeping the MLP beside the SAEs, and its activations store is gone "
+                                 f"({e.message})", hint="train it again with this jsaectl") from None
+        return cls(store.url, load_jsae(store, mlp=mlp), store.meta)
 
     def sae(self, side: str) -> TopKSAE:
-        return self.sae_in if side == "in" else self.sae_out
+        return self.jsae.sae(side)
 
     @property
     def layer(self) -> int:
@@ -231,12 +238,12 @@ class _JSAE:
         return str((self.meta.get("data") or {}).get("source", ""))
 
     def tl_hook(self, side: str) -> str:
-        """TransformerLens's name of the activation each SAE reads."""
+        """TransformerBridge's name of the activation each SAE reads (the saelens export)."""
         return (TL_HOOK_IN if side == "in" else TL_HOOK_OUT).format(layer=self.layer)
 
     def provenance(self, side: str | None = None) -> dict[str, Any]:
         info = {"created_by": f"jsaectl {__version__}", "store": self.url, "layer": self.layer, "lam": self.meta.get("lam"),
-                "jacobian_at": self.meta["config"].get("jacobian_at", "x")}
+                "jacobian_at": self.jsae.at}
         return info if side is None else {**info, "side": side}
 
 
@@ -262,7 +269,7 @@ def _save_json(data: dict[str, Any], path: str) -> None:
 # saelens
 
 
-def saelens_cfg(jsae: _JSAE, side: str) -> dict[str, Any]:
+def saelens_cfg(jsae: _Source, side: str) -> dict[str, Any]:
     """A SAELens v6 TopK cfg.json: encode ``ReLU(TopK(x @ W_enc + b_enc))``, decode
     ``a @ W_dec + b_dec``, with nothing subtracted, normalised or rescaled on the way."""
     sae = jsae.sae(side)
@@ -283,7 +290,7 @@ def saelens_cfg(jsae: _JSAE, side: str) -> dict[str, Any]:
             "sae_lens_version": SAELENS_FORMAT_VERSION,
             "sae_lens_training_version": None,  # trained by jsaectl, not SAELens
             "model_name": jsae.model_name,
-            # The hook names are the bridge's; a HookedTransformer has no hook for x at all.
+            # The bridge's hook names (a processed HookedTransformer has no hook for x; docs/export.md).
             "model_class_name": "TransformerBridge",
             "hook_name": jsae.tl_hook(side),
             "hook_head_index": None,
@@ -302,7 +309,7 @@ def saelens_cfg(jsae: _JSAE, side: str) -> dict[str, Any]:
 
 
 def _write_saelens(store: st.Store, tmp: str, cfg: ExportConfig) -> None:
-    jsae = _JSAE.load(store)
+    jsae = _Source.load(store)
     for side in ("in", "out"):
         folder = os.path.join(tmp, f"sae_{side}")
         os.mkdir(folder)
@@ -345,7 +352,7 @@ def sparsify_cfg(sae: TopKSAE) -> dict[str, Any]:
 
 
 def _write_sparsify(store: st.Store, tmp: str, cfg: ExportConfig) -> None:
-    jsae = _JSAE.load(store)
+    jsae = _Source.load(store)
     for side in ("in", "out"):
         folder = os.path.join(tmp, sparsify_hookpoint(jsae.layer, side))
         os.mkdir(folder)
@@ -357,22 +364,37 @@ def _write_sparsify(store: st.Store, tmp: str, cfg: ExportConfig) -> None:
 # jsae-pair (the reference code's SAEPair)
 
 
-def pair_tensors(jsae: _JSAE) -> dict[str, torch.Tensor]:
-    """``SAEPair.state_dict()`` keys: its parameters are ``_W_enc`` … for the input SAE and
-    ``_W_enc_out`` … for the output SAE, in SAELens orientation."""
+def pair_tensors(jsae: _Source) -> dict[str, torch.Tensor]:
+    """``TrainingSAEPair.state_dict()`` keys: the SAEs' ``_W_enc`` … (input) and ``_W_enc_out`` …
+    (output), SAELens orientation, and the MLP's ``mlp.W_in [d, m]``, ``mlp.b_in``, ``mlp.W_out
+    [m, d]``, ``mlp.b_out`` in TransformerLens's layout (``x @ W_in``), plus ``mlp.W_gate``
+    for a gated MLP (which the reference's training pair cannot load: its MLP is plain)."""
     tensors = {}
     for side, suffix in (("in", ""), ("out", "_out")):
         for name, value in _weights(jsae.sae(side)).items():
             tensors[f"_{name}{suffix}"] = value
+    for name, value in jsae.jsae.mlp.tensors().items():
+        if name.startswith("W_"):
+            value = value.t()  # nn.Linear [out, in] -> TransformerLens [in, out]
+        tensors[f"mlp.{name}"] = value.detach().to(torch.float32).contiguous()
     return tensors
 
 
-def pair_cfg(jsae: _JSAE) -> dict[str, Any]:
-    """``TrainingSAEPairConfig.to_dict()`` of the reference code, with our values (keys it
-    does not know, such as ``hook_name_out`` and ``jsaectl``, are ignored by its loader)."""
-    sae = jsae.sae_in
+# The reference trains on `HookedTransformer.from_pretrained_no_processing(model)` (no folding):
+# there `ln2.hook_normalized` is the norm's output after its gain and bias, which is jsaectl's x
+# (checked equal on the bundled GPT-NeoX model, to float16 rounding), and `hook_mlp_out` is y.
+REF_HOOK_IN = "blocks.{layer}.ln2.hook_normalized"
+REF_HOOK_OUT = "blocks.{layer}.hook_mlp_out"
+
+
+def pair_cfg(jsae: _Source) -> dict[str, Any]:
+    """The reference's ``TrainingSAEPairConfig.to_dict()`` with our values: every key its
+    ``TrainingSAEPair.load_from_pretrained`` requires, so both of its loaders load the folder
+    unchanged (keys it does not know, such as ``hook_name_out`` and ``jsaectl``, it ignores)."""
+    sae = jsae.sae("in")
     model = jsae.meta.get("model") or {}
     return {
+        # SAEPairConfig
         "architecture": "standard",
         "is_pair": True,
         "d_in": sae.d_in,
@@ -381,8 +403,8 @@ def pair_cfg(jsae: _JSAE) -> dict[str, Any]:
         "device": "cpu",
         "model_name": jsae.model_name,
         "randomize_llm_weights": bool(model.get("random_init", False)),
-        "hook_name": jsae.tl_hook("in"),
-        "hook_name_out": jsae.tl_hook("out"),
+        "hook_name": REF_HOOK_IN.format(layer=jsae.layer),
+        "hook_name_out": REF_HOOK_OUT.format(layer=jsae.layer),
         "hook_layer": jsae.layer,
         "hook_head_index": None,
         "activation_fn_str": "topk",
@@ -397,17 +419,28 @@ def pair_cfg(jsae: _JSAE) -> dict[str, Any]:
         "neuronpedia_id": None,
         "model_from_pretrained_kwargs": {},
         "seqpos_slice": [1, None] if jsae.skipped_bos else [None],
-        "normalize_sae_decoder": True,
-        "use_jacobian_loss": True,
         "sparsity_metric": "l1",
+        # TrainingSAEPairConfig: no L1 sparsity term (TopK does it), no ghost grads or noise
+        "l1_coefficient": 0.0,
+        "lp_norm": 1.0,
+        "use_ghost_grads": False,
+        "normalize_sae_decoder": True,
+        "noise_scale": 0.0,
+        "decoder_orthogonal_init": False,
+        "mse_loss_normalization": None,
+        "decoder_heuristic_init": False,
+        "init_encoder_as_decoder_transpose": True,
+        "scale_sparsity_penalty_by_decoder_norm": False,
+        "use_jacobian_loss": True,
         "jacobian_coefficient": jsae.meta.get("lam"),
         "mlp_out_mse_coefficient": 1.0,
-        "jsaectl": jsae.provenance(),
+        "jsaectl": {**jsae.provenance(), "mlp_activation": jsae.jsae.mlp.activation,
+                    "bridge_hook_name": jsae.tl_hook("in"), "bridge_hook_name_out": jsae.tl_hook("out")},
     }
 
 
 def _write_pair(store: st.Store, tmp: str, cfg: ExportConfig) -> None:
-    jsae = _JSAE.load(store)
+    jsae = _Source.load(store)
     _save_tensors(pair_tensors(jsae), os.path.join(tmp, "sae_weights.safetensors"))
     _save_json(pair_cfg(jsae), os.path.join(tmp, "cfg.json"))
 

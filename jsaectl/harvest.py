@@ -25,11 +25,13 @@ import numpy as np
 import torch
 
 from jsaectl import store as st
+from jsaectl.acts import write_mlp
 from jsaectl.data import BUNDLED_CORPUS, describe_source, iter_contexts, open_source
 from jsaectl.errors import ConfigError, DataError
 from jsaectl.models import (
     BUNDLED_DEFAULT_LAYER,
     BUNDLED_MODEL,
+    INIT_SCHEMES,
     LoadedModel,
     MLPSite,
     MLPTap,
@@ -56,7 +58,11 @@ class HarvestConfig:
     trust_remote_code: bool = False
     """Allow models that ship their own Python code (off unless asked for)."""
     random_init: bool = False
-    """Re-initialise the model with its own initialiser (the trained-vs-random comparison)."""
+    """Re-initialise the model's weights at random (the trained-vs-random comparison)."""
+    init_scheme: str = "tl"
+    """How --random-init draws: tl (the reference code's TransformerLens init_weights:
+    N(0, 0.8/√d_model) weight matrices, trained biases and norms) or hf (the architecture's own
+    Hugging Face initialiser)."""
     seed: int = 0
     """Seed of --random-init."""
     model_dtype: str = "float32"
@@ -112,6 +118,8 @@ class HarvestConfig:
             raise ConfigError(f"--batch-size must be positive, not {self.batch_size}", hint="contexts per forward pass, e.g. 16")
         if self.dtype not in STORE_DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, not {self.dtype!r}", hint="float16 is the default")
+        if self.init_scheme not in INIT_SCHEMES:
+            raise ConfigError(f"--init-scheme must be one of {', '.join(INIT_SCHEMES)}, not {self.init_scheme!r}")
         if self.compression not in st.COMPRESSIONS:
             raise ConfigError(f"--compression must be one of {', '.join(st.COMPRESSIONS)}, not {self.compression!r}")
         if self.model_dtype not in STORE_DTYPES:
@@ -250,11 +258,7 @@ def _create_arrays(store: st.Store, cfg: HarvestConfig, layout: _Layout, d_model
 def _write_mlp_and_vocab(store: st.Store, site: Any, tokenizer: Any) -> None:
     """Small arrays, written whole before the progress array exists (see ``harvest``)."""
     g = store.group
-    mlp = st.race_safe(g.require_group, "mlp")
-    for name, tensor in site.weights.tensors().items():
-        st.write_array(mlp, name, tensor.numpy())
-    mlp.attrs.update({"activation": site.weights.activation, "gated": site.weights.gated,
-                      "d_model": site.weights.d_model, "d_mlp": site.weights.d_mlp, "module": site.description})
+    write_mlp(store, site.weights, module=site.description)
     ids = [[i] for i in range(len(tokenizer))]
     st.write_array(g, "vocab", np.array(tokenizer.batch_decode(ids, clean_up_tokenization_spaces=False), dtype=object))
     data, offsets = pack(token_bytes(tokenizer))
@@ -304,7 +308,8 @@ def _load(cfg: HarvestConfig, reporter: Reporter) -> tuple[LoadedModel, MLPSite,
     device = pick_device(cfg.device)
     reporter.note(f"loading {cfg.model} on {device}" + (" (random init)" if cfg.random_init else ""))
     loaded = load_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                        dtype=cfg.model_dtype, device=device, random_init=cfg.random_init, seed=cfg.seed)
+                        dtype=cfg.model_dtype, device=device, random_init=cfg.random_init, seed=cfg.seed,
+                        init_scheme=cfg.init_scheme)
     site = locate_mlp(loaded.model, cfg.layer)
     _check_context_size(loaded.model, cfg.context_size)
     return loaded, site, device

@@ -4,9 +4,10 @@ For each analysed token the closed-form Jacobian ``J [k_out, k_in]`` between the
 latents of the two SAEs is computed (evaluated where training evaluated it). From it:
 
 * sparsity as the paper reports it: per token, the count of |J| above each threshold,
-  averaged over tokens, and as a fraction of the k² entries; and a scale-free count, the
-  entries that hold 90% of Σ|J| (``mass90``), which only falls when the Jacobian's mass
-  concentrates, not when all of it shrinks;
+  averaged over tokens, and as a fraction of the k² entries; and scale-free measures, which
+  fall only when the Jacobian's mass concentrates, not when all of it shrinks: the count of
+  |J| above multiples of the token's rms |J|, the entries that hold 90% of Σ|J| (``mass90``)
+  and the Gini coefficient of |J| (see sparsity.py);
 * connections: per (input latent, output latent) pair over the tokens where both are active
   (activation > 0): tokens co-active, mean |J|, max |J|, mean signed J. Their *strength* is
   the sum of |J| over the analysed tokens divided by their number (how much of the typical
@@ -34,13 +35,13 @@ import torch
 
 from jsaectl import store as st
 from jsaectl.errors import ConfigError
-from jsaectl.jsae import mass_count
-from jsaectl.pair import LoadedJSAE, label
+from jsaectl import sparsity
+from jsaectl.pair import LoadedJSAE
+from jsaectl.text import label
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.topk import TopExamples
 from jsaectl.units import format_count
 
-DEFAULT_THRESHOLDS = (0.005, 0.01, 0.015, 0.02, 0.04)
 HIST_EDGES = np.logspace(-6, 2, 33)  # 4 bins a decade from 1e-6 to 1e2; |J| outside goes to the end bins
 
 
@@ -52,8 +53,10 @@ class JacobianConfig:
     """Analyse another activations store (held-out data) instead of the JSAE's own."""
     tokens: int = 200_000
     """Tokens to analyse (the first ones of the activations store)."""
-    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    thresholds: tuple[float, ...] = sparsity.THRESHOLDS
     """|J| thresholds of the sparsity summary."""
+    normalised_thresholds: tuple[float, ...] = sparsity.NORMALISED_THRESHOLDS
+    """Multiples of each token's rms |J| counted as the scale-free sparsity summary."""
     top: int = 20
     """Connections shown in the table."""
     per_token: bool = False
@@ -85,8 +88,10 @@ class JacobianConfig:
         st.check_options_finite(asdict(self))
         if self.tokens <= 0 or self.batch_size <= 0 or self.top < 0 or self.linearity < 0 or self.max_pairs <= 0:
             raise ConfigError("--tokens, --batch-size and --max-pairs must be positive; --top and --linearity >= 0")
-        if not self.thresholds or any(t <= 0 for t in self.thresholds):
-            raise ConfigError(f"--thresholds must be positive numbers, not {self.thresholds}")
+        for name in ("thresholds", "normalised_thresholds"):
+            values = getattr(self, name)
+            if not values or any(t <= 0 for t in values):
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive numbers, not {values}")
 
     def identity(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
@@ -204,7 +209,6 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
 
     cfg.validate()
     model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
-    cfg.thresholds = tuple(sorted(float(t) for t in cfg.thresholds))
     scanned = min(cfg.tokens, model.acts.n_tokens)  # rows read; BOS rows among them are skipped
     url = st.resolve_url(cfg.out or default_out(cfg))
     reads = [model.store.url, model.acts.url]
@@ -220,33 +224,27 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
 def _analyse(cfg: JacobianConfig, model: LoadedJSAE, scanned: int, store: st.Store, reporter: Reporter) -> None:
     """One pass over the first ``scanned`` rows; writes everything and marks ``store`` complete.
     (An interrupted analysis starts again: it is minutes, and its sums are not checkpointed.)"""
-    k, n = model.k, model.n_latents
+    n = model.n_latents
     n_tokens = model.analysed_rows(scanned)
-    thresholds = torch.tensor(cfg.thresholds, device=model.device)
-    counts = torch.zeros(len(cfg.thresholds), dtype=torch.float64)
+    summary = sparsity.Summary(model.k, cfg.thresholds, cfg.normalised_thresholds, model.device)
     hist = np.zeros(len(HIST_EDGES) + 1, dtype=np.int64)
-    mean_abs = mass90 = 0.0
     spill = st.spill_dir(store.url)
     os.makedirs(spill, exist_ok=True)
     pairs = _PairAccumulator(n, cfg.max_pairs, spill)
     tops = {side: TopExamples(n, cfg.label_examples) for side in ("in", "out")}
-    per_token = _PerTokenWriter(n_tokens, k) if cfg.per_token else None
+    per_token = _PerTokenWriter(n_tokens, model.k) if cfg.per_token else None
     if per_token:
         per_token.create(store)
-
     reporter.note(f"Jacobians of {model.store.url} over {n_tokens:,} tokens of {model.acts.url}")
     reporter.start("jacobian", n_tokens, "tokens")
     began = time.perf_counter()
     for batch in model.batches(scanned, cfg.batch_size):
-        J = batch.J  # [B, k_out, k_in]
+        J = batch.J  # [B, k_out, k_in]: rows are batch.jac_out's latents
+        summary.add(J)
         absJ = J.abs()
-        counts += (absJ[..., None] > thresholds).sum((1, 2)).sum(0).double().cpu()
-        mean_abs += float(absJ.sum())
-        mass90 += float(mass_count(J).sum())
-        nonzero = absJ[absJ > 0].cpu().numpy()
-        hist += np.bincount(np.searchsorted(HIST_EDGES, nonzero), minlength=len(HIST_EDGES) + 1)
-        both = (batch.code_out.values > 0)[:, :, None] & (batch.code_in.values > 0)[:, None, :]
-        key = batch.code_in.indices[:, None, :] * n + batch.code_out.indices[:, :, None]  # [B, k_out, k_in]
+        hist += np.bincount(np.searchsorted(HIST_EDGES, absJ[absJ > 0].cpu().numpy()), minlength=len(HIST_EDGES) + 1)
+        both = (batch.jac_out.values > 0)[:, :, None] & (batch.code_in.values > 0)[:, None, :]
+        key = batch.code_in.indices[:, None, :] * n + batch.jac_out.indices[:, :, None]  # [B, k_out, k_in]
         pairs.add(key[both], J[both])
         for side, code in (("in", batch.code_in), ("out", batch.code_out)):
             tops[side].update_codes(code.indices.cpu(), code.values.cpu(), batch.rows.cpu())
@@ -257,11 +255,7 @@ def _analyse(cfg: JacobianConfig, model: LoadedJSAE, scanned: int, store: st.Sto
     reporter.finish()
     keys, stats, distinct = pairs.finish(cfg.max_pairs)
     shutil.rmtree(spill, ignore_errors=True)
-
     labels = {side: _labels(tops[side], model.acts) for side in ("in", "out")}
-    sparsity = {f"{t:g}": {"mean_count": float(c / n_tokens), "fraction": float(c / n_tokens / k**2)}
-                for t, c in zip(cfg.thresholds, counts.tolist())}
-    sparsity["mass90"] = {"mean_count": mass90 / n_tokens, "fraction": mass90 / n_tokens / k**2}
     _write(store, keys, stats, n, n_tokens, labels, tops, hist)
     linearity = None
     if cfg.linearity:
@@ -270,10 +264,9 @@ def _analyse(cfg: JacobianConfig, model: LoadedJSAE, scanned: int, store: st.Sto
         reporter.note(f"linearity and ablation checks on {cfg.linearity} sampled active pairs")
         linearity = linearity_checks(model, scanned, cfg.linearity, cfg.seed)
     store.mark_complete(
-        jsae_store=model.store.url, acts_store=model.acts.url, n_tokens=n_tokens, k=k, n_latents=n,
-        sparsity=sparsity, tokens_per_second=n_tokens / elapsed, linearity=linearity,
-        mean_abs_j=float(mean_abs / max(1, n_tokens * k * k)), distinct_pairs=distinct, stored_pairs=len(keys),
-        model=model.store.meta.get("model"),
+        jsae_store=model.store.url, acts_store=model.acts.url, n_tokens=n_tokens, k=model.k, n_latents=n,
+        jacobian_at=model.jacobian_at, sparsity=summary.result(), tokens_per_second=n_tokens / elapsed, linearity=linearity,
+        distinct_pairs=distinct, stored_pairs=len(keys), model=model.store.meta.get("model"),
         layer=model.store.meta.get("layer"), lam=model.store.meta.get("lam"),
     )
 
@@ -351,7 +344,7 @@ class _PerTokenWriter:
         hi = self.cursor = lo + len(batch.rows)
         g["J"][lo:hi] = batch.J.cpu().numpy()
         g["in_idx"][lo:hi] = batch.code_in.indices.cpu().numpy().astype(np.int32)
-        g["out_idx"][lo:hi] = batch.code_out.indices.cpu().numpy().astype(np.int32)
+        g["out_idx"][lo:hi] = batch.jac_out.indices.cpu().numpy().astype(np.int32)
         g["token"][lo:hi] = batch.rows.cpu().numpy()
 
 
@@ -377,8 +370,7 @@ def load_result(url: str, top: int = 20, input_latent: int | None = None, output
             for name in ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean")}
     for name in ("strength", "mean_abs", "max_abs", "mean"):
         st.check_finite(cols[name], f"{store.url}: connections/{name}")
-    st.check_finite(np.array([v for row in meta["sparsity"].values() for v in row.values()], dtype=float),
-                    f"{store.url}: the sparsity summary")
+    st.check_finite(np.array(_numbers(meta["sparsity"]), dtype=float), f"{store.url}: the sparsity summary")
     in_labels, out_labels = g["latents/in_label"][...], g["latents/out_label"][...]
     top_list = [Connection(int(cols["input"][i]), int(cols["output"][i]), float(cols["strength"][i]), int(cols["count"][i]),
                            float(cols["mean_abs"][i]), float(cols["max_abs"][i]), float(cols["mean"][i]),
@@ -386,5 +378,11 @@ def load_result(url: str, top: int = 20, input_latent: int | None = None, output
                 for i in range(len(rows))]
     return JacobianResult(store.url, meta["n_tokens"], meta["k"], meta["sparsity"], top_list,
                           (g["histogram/edges"][...], g["histogram/counts"][...]), meta.get("tokens_per_second", 0.0),
-                          meta.get("linearity"), details={"mean_abs_j": meta.get("mean_abs_j"),
+                          meta.get("linearity"), details={"jacobian_at": meta.get("jacobian_at", "x"),
                                                           "filter": {"input": input_latent, "output": output_latent}})
+
+
+def _numbers(tree: Any) -> list[float]:
+    if isinstance(tree, dict):
+        return [v for value in tree.values() for v in _numbers(value)]
+    return [float(tree)] if isinstance(tree, (int, float)) else []

@@ -1,4 +1,15 @@
-"""The JSAE pair and the closed-form Jacobian between its latents.
+"""The JSAE: both SAEs and the MLP between them, and the closed-form Jacobian of
+``f_s = e_y ∘ f ∘ d_x``, the map from input-SAE latents to output-SAE latents.
+
+``JSAE.forward`` is the one place a JSAE is run: training (with the penalty's gradient),
+every analysis (jacobian, maxact, linearity, compare) and the tests call it, and it alone
+decides where the Jacobian is evaluated (``at``):
+
+* ``"x"`` (default; the reference code's training): the MLP's slopes at the true input x, and
+  the output SAE's active latents those of y = f(x) (or of the stored y);
+* ``"reconstruction"`` (f_s exactly, as the paper writes it): slopes at x̂ = d_x(e_x(x)), and
+  the output SAE's active latents those of e_y(f(x̂)) — what the reference's ``evals.py``
+  evaluates. The reconstruction losses still compare y with ŷ = d_y(e_y(y)).
 
 For one token with active input latents A_x, active output latents A_y and MLP slopes at
 the evaluation point, the Jacobian of ``f_s = e_y ∘ f ∘ d_x`` restricted to active latents is
@@ -7,7 +18,9 @@ the evaluation point, the Jacobian of ``f_s = e_y ∘ f ∘ d_x`` restricted to 
     gated MLP:  J = W_enc_y[:, A_y]^T · W_out · (diag(a) W_in + diag(c) W_gate) · W_dec_x[A_x]^T
 
 with ``a = act'(z)`` (plain) or ``a = act(g), c = act'(g) ⊙ z`` (gated), see ``MLPWeights.slopes``.
-Rows whose output latent's TopK value is not positive are zero (its ReLU is flat there).
+Rows whose output latent's kept TopK value is not positive are zero: the SAE applies ReLU
+after TopK, and ReLU's derivative there is 0, so f_s does not move with the input (the
+reference code keeps those rows: it differentiates the output SAE's pre-activations).
 
 Computed as the reference code does, through two per-step products
 
@@ -22,10 +35,11 @@ work is memory-bound: each chunk's gathered rows are reused while still in cache
 
 from __future__ import annotations
 
-from typing import NamedTuple
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from jsaectl.mlp import MLPWeights
 from jsaectl.sae import Encoded, TopKSAE
@@ -126,51 +140,119 @@ def jacobian_l1(U_T: Tensor, Vs: Sequence[Tensor], slopes: Sequence[Tensor], idx
                                  *(V.to(dtype) for V in Vs), *(s.to(dtype) for s in slopes))
 
 
-def mass_count(J: Tensor, share: float = 0.9) -> Tensor:
-    """Per token, how many of the largest |J| entries hold ``share`` of Σ|J|  ``[B]``.
-
-    A scale-free sparsity measure: the paper's counts of |J| above fixed thresholds also fall
-    when the whole Jacobian just gets smaller; this one falls only when its mass concentrates
-    in fewer entries. Tokens whose J is all zero count 0.
-    """
-    flat = J.abs().flatten(1)
-    sorted_, _ = flat.sort(1, descending=True)
-    total = sorted_.sum(1, keepdim=True)
-    below = (sorted_.cumsum(1) < share * total).sum(1)
-    return torch.where(total.squeeze(1) > 0, below + 1, torch.zeros_like(below))
+JACOBIAN_AT = ("x", "reconstruction")
+# What a forward computes of the Jacobian: nothing, the output SAE's code at the evaluation
+# point (the rows J would have), J without gradient, or J with the penalty's gradient.
+JACOBIAN_MODES = ("off", "codes", "value", "grad")
 
 
-class PairOutput(NamedTuple):
+class JSAEOutput(NamedTuple):
     code_in: Encoded
+    """e_x(x): the input SAE's code ``[B, k]``."""
     x_hat: Tensor
+    """``[B, d]`` d_x(e_x(x))."""
     code_out: Encoded
+    """e_y(y): the output SAE's code of the true output."""
+    y: Tensor
+    """``[B, d]`` the MLP output: the stored y, or f(x)."""
     y_hat: Tensor
-    jac_abs_sum: Tensor | None
+    """``[B, d]`` d_y(e_y(y))."""
+    jac_out: Encoded | None
+    """The output SAE's code at the evaluation point, whose latents are J's rows: ``code_out``
+    at x, e_y(f(x̂)) at the reconstruction. None when ``jacobian="off"``."""
     J: Tensor | None
+    """``[B, k_out, k_in]`` (detached): rows ``jac_out.indices``, columns ``code_in.indices``."""
+    jac_sum: Tensor | None
+    """Σ_b Σ_ij |J_b[i, j]|, differentiable when ``jacobian="grad"``."""
+
+    @property
+    def jac_mean(self) -> Tensor:
+        """The penalty's term: mean |J| over tokens, k_out and k_in (the reference's ``J.abs().mean()``)."""
+        return self.jac_sum / self.J.numel()
 
 
-def slopes_at(mlp: MLPWeights, x_eval: Tensor) -> list[Tensor]:
-    a, c = mlp.slopes(x_eval)
-    return [a] if c is None else [a, c]
+class JSAE(nn.Module):
+    """Both SAEs (``sae_in`` on the MLP's input, ``sae_out`` on its output) and the MLP's
+    weights (not parameters: they are never trained)."""
 
+    def __init__(self, sae_in: TopKSAE, sae_out: TopKSAE, mlp: MLPWeights, at: str = "x") -> None:
+        super().__init__()
+        if at not in JACOBIAN_AT:
+            raise ValueError(f"at must be one of {JACOBIAN_AT}, not {at!r}")
+        self.sae_in, self.sae_out, self.mlp, self.at = sae_in, sae_out, mlp, at
+        self._frozen_factors: tuple[Tensor, list[Tensor]] | None = None
 
-def pair_forward(sae_in: TopKSAE, sae_out: TopKSAE, mlp: MLPWeights, x: Tensor, y: Tensor, *,
-                 with_jacobian: bool, jacobian_at: str = "x", slopes: list[Tensor] | None = None) -> PairOutput:
-    """Both SAEs on ``x [B, d]`` and ``y = f(x) [B, d]`` and, if asked, the Jacobian between them.
+    @classmethod
+    def init(cls, d_model: int, n_latents: int, k: int, mlp: MLPWeights, *, seed: int, at: str = "x",
+             device: torch.device | str = "cpu") -> JSAE:
+        """A new pair, initialised as the reference does (see TopKSAE), reproducibly from ``seed``."""
+        g = torch.Generator().manual_seed(seed)
+        sae_in = TopKSAE(d_model, n_latents, k, generator=g).to(device)
+        sae_out = TopKSAE(d_model, n_latents, k, generator=g).to(device)
+        return cls(sae_in, sae_out, mlp.to(device=device), at)
 
-    ``jacobian_at="x"`` takes the MLP slopes at the true input (``slopes`` may pass them in,
-    precomputed with y); ``"reconstruction"`` at x̂, so the gradient also flows through the
-    slopes into the input SAE.
-    """
-    code_in, x_hat = sae_in(x)
-    code_out, y_hat = sae_out(y)
-    if not with_jacobian:
-        return PairOutput(code_in, x_hat, code_out, y_hat, None, None)
-    if jacobian_at == "reconstruction":
-        slopes = slopes_at(mlp, x_hat)
-    elif slopes is None:
-        slopes = slopes_at(mlp, x)
-    U_T, Vs = jacobian_factors(sae_in, sae_out, mlp)
-    mask_y = code_out.pre_values > 0
-    total, J = jacobian_l1(U_T, Vs, slopes, code_out.indices, code_in.indices, mask_y)
-    return PairOutput(code_in, x_hat, code_out, y_hat, total, J)
+    @property
+    def k(self) -> int:
+        return self.sae_in.k
+
+    @property
+    def n_latents(self) -> int:
+        return self.sae_in.n_latents
+
+    def sae(self, side: str) -> TopKSAE:
+        return self.sae_in if side == "in" else self.sae_out
+
+    def encode(self, side: str, x: Tensor, y: Tensor | None = None) -> Encoded:
+        """One SAE's code alone (the cheap path when the other SAE and J are not needed): the
+        input SAE of x, or the output SAE of y (the stored output, or None for f(x))."""
+        if side == "in":
+            return self.sae_in.encode(x)
+        if y is None:
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+                y = self.mlp.forward(x)
+        return self.sae_out.encode(y)
+
+    def factors(self) -> tuple[Tensor, list[Tensor]]:
+        """U_T and V (see ``jacobian_factors``): recomputed while the weights train, computed
+        once for a frozen JSAE (every analysis)."""
+        if any(p.requires_grad for p in self.parameters()):
+            return jacobian_factors(self.sae_in, self.sae_out, self.mlp)
+        if self._frozen_factors is None:
+            with torch.no_grad():
+                self._frozen_factors = jacobian_factors(self.sae_in, self.sae_out, self.mlp)
+        return self._frozen_factors
+
+    def forward(self, x: Tensor, y: Tensor | None = None, *, jacobian: str = "value") -> JSAEOutput:
+        """Both codes and reconstructions of ``x [B, d]`` (and of ``y``: the stored MLP output,
+        or None for f(x)), and as much of the Jacobian as ``jacobian`` asks for (one of
+        JACOBIAN_MODES). The MLP always runs in float32, whatever the autocast."""
+        need_J = jacobian in ("value", "grad")
+        grad = jacobian == "grad" and torch.is_grad_enabled()
+        no_autocast = torch.autocast(x.device.type, enabled=False)
+        slopes = None
+        if y is None:
+            with torch.no_grad(), no_autocast:
+                y, slopes = self.mlp.forward_and_slopes(x) if need_J and self.at == "x" else (self.mlp.forward(x), None)
+        code_in, x_hat = self.sae_in(x)
+        code_out, y_hat = self.sae_out(y)
+        if jacobian == "off":
+            return JSAEOutput(code_in, x_hat, code_out, y, y_hat, None, None, None)
+        if self.at == "x":
+            jac_out = code_out
+            if slopes is None and need_J:
+                with torch.no_grad(), no_autocast:
+                    slopes = self.mlp.slopes(x)
+        else:  # f_s at the input code: the MLP at x̂, the output SAE's TopK of f(x̂)
+            with torch.set_grad_enabled(grad), no_autocast:  # the penalty's gradient flows through the slopes into e_x, d_x
+                y_eval, slopes = self.mlp.forward_and_slopes(x_hat.to(torch.promote_types(x_hat.dtype, torch.float32)))
+            with torch.no_grad():
+                jac_out = self.sae_out.encode(y_eval.detach())
+        if not need_J:
+            return JSAEOutput(code_in, x_hat, code_out, y, y_hat, jac_out, None, None)
+        with torch.set_grad_enabled(grad):
+            U_T, Vs = self.factors()
+            # In float32 whatever the autocast: the gradient is sign(J), noise for small bf16 entries.
+            wide = torch.promote_types(U_T.dtype, torch.float32)
+            total, J = jacobian_l1(U_T.to(wide), [V.to(wide) for V in Vs], slopes, jac_out.indices, code_in.indices,
+                                   jac_out.pre_values > 0)
+        return JSAEOutput(code_in, x_hat, code_out, y, y_hat, jac_out, J, total)

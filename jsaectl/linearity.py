@@ -46,8 +46,8 @@ def classify(t: np.ndarray, v: np.ndarray) -> str:
 
 
 def _encode_value(model: LoadedJSAE, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-    """The output SAE's value of ``latents [R]`` (0 when not in the top k) for inputs ``x [R, d]``."""
-    code = model.sae_out.encode(model.mlp.forward(x))
+    """The output SAE's value of ``latents [R]`` on f(x) (0 when not in the top k) for MLP inputs ``x [R, d]``."""
+    code = model.jsae.encode("out", x)
     hit = code.indices == latents[:, None]
     return (code.values * hit).sum(1)
 
@@ -55,17 +55,17 @@ def _encode_value(model: LoadedJSAE, x: torch.Tensor, latents: torch.Tensor) -> 
 @torch.no_grad()
 def linearity_checks(model: LoadedJSAE, n_tokens: int, n_pairs: int, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    candidates = np.arange(n_tokens)
-    if model.skip_bos:
-        candidates = candidates[model.acts.position(candidates) != 0]
+    n_tokens = min(n_tokens, model.acts.n_tokens)
+    candidates = np.flatnonzero(model.acts.keep(0, n_tokens, model.include_bos))
     rows = np.sort(rng.choice(candidates, size=min(n_pairs, len(candidates)), replace=False))
     x = torch.stack([model.acts.rows("x", int(r), int(r) + 1)[0] for r in rows]).to(model.device)
+    # J's evaluation point: x, or x̂ (then J's rows, jac_out, are the output SAE's code of f(x̂)).
     batch = model.analyse(x, torch.from_numpy(rows).to(model.device))
-    base = batch.x if model.jacobian_at == "x" else model.sae_in.decode(batch.code_in.values, batch.code_in.indices)
-    W_dec = model.sae_in.W_dec
+    base = batch.x if model.jacobian_at == "x" else model.sae("in").decode(batch.code_in.values, batch.code_in.indices)
+    W_dec = model.sae("in").W_dec
     # The ablation's "before": the output SAE on f(base), computed as the "after" is (not the
-    # stored y, and at x̂ when J is taken there), so the difference is the ablation's alone.
-    before_code = model.sae_out.encode(model.mlp.forward(base))
+    # stored y), so the difference is the ablation's alone.
+    before_code = model.jsae.encode("out", base)
     before = torch.zeros(len(rows), model.n_latents, device=model.device).scatter_(1, before_code.indices, before_code.values)
     before_set = before > 0
 
@@ -74,12 +74,12 @@ def linearity_checks(model: LoadedJSAE, n_tokens: int, n_pairs: int, seed: int) 
     kept_agree = kept_total = 0  # the ablations after which the output SAE's active set is the same
     for b in range(len(rows)):
         ins = torch.nonzero(batch.code_in.values[b] > 0).squeeze(1)
-        outs = torch.nonzero(batch.code_out.values[b] > 0).squeeze(1)
+        outs = torch.nonzero(batch.jac_out.values[b] > 0).squeeze(1)
         if len(ins) == 0 or len(outs) == 0:
             continue
         j = int(ins[rng.integers(len(ins))])
         i = int(outs[rng.integers(len(outs))])
-        lat_in, lat_out = batch.code_in.indices[b, j], batch.code_out.indices[b, i]
+        lat_in, lat_out = batch.code_in.indices[b, j], batch.jac_out.indices[b, i]
         a = float(batch.code_in.values[b, j])
         t = torch.linspace(0, max(5.0, a + 1), SWEEP_POINTS, device=model.device)
         xs = base[b] + (t - a)[:, None] * W_dec[lat_in]
@@ -87,10 +87,10 @@ def linearity_checks(model: LoadedJSAE, n_tokens: int, n_pairs: int, seed: int) 
         kinds[classify(t.cpu().numpy(), v.cpu().numpy())] += 1
         # Ablation: one unit less of each active input latent, all active outputs compared with J.
         xa = base[b] - W_dec[batch.code_in.indices[b, ins]]  # [n_in, d]
-        code = model.sae_out.encode(model.mlp.forward(xa))
+        code = model.jsae.encode("out", xa)
         for r, jj in enumerate(ins.tolist()):
             after = torch.zeros(model.n_latents, device=model.device).scatter_(0, code.indices[r], code.values[r])
-            out_ids = batch.code_out.indices[b, outs]
+            out_ids = batch.jac_out.indices[b, outs]
             delta = after[out_ids] - before[b, out_ids]
             predicted = -batch.J[b, outs, jj]
             ok = int(((delta - predicted).abs() < AGREE).sum())

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from jsaectl.errors import ConfigError
-from jsaectl.jsae import slopes_at
-from jsaectl.pair import LoadedJSAE
+from jsaectl.pair import Batch, LoadedJSAE
+from jsaectl.sae import Encoded
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.topk import TopExamples
 
@@ -120,10 +120,8 @@ class MaxactResult:
                 "latents": [asdict(item) for item in self.latents]}
 
 
-def _latent_values(model: LoadedJSAE, side: str, x: torch.Tensor, latent: int) -> torch.Tensor:
-    """One latent's activation at each row of ``x`` (0 when it is not in the top k)."""
-    sae = model.sae(side)
-    code = sae.encode(model.mlp.forward(x) if side == "out" else x)
+def _value_of(code: Encoded, latent: int) -> torch.Tensor:
+    """``[B]`` one latent's activation in a batch of codes (0 where it is not in the top k)."""
     return (code.values * (code.indices == latent)).sum(1)
 
 
@@ -140,7 +138,8 @@ def _examples(model: LoadedJSAE, side: str, latent: int, rows: np.ndarray, score
     out = []
     for rank, ((lo, hi), r, score) in enumerate(zip(_context_windows(model, rows, context), rows, scores), 1):
         ids = model.acts.tokens(lo, hi)
-        values = _latent_values(model, side, model.acts.rows("x", lo, hi).to(model.device), latent)
+        x, y = model.acts.xy(lo, hi, model.device)
+        values = _value_of(model.jsae.encode(side, x, y), latent)
         out.append(Example(rank, float(score), int(r), model.acts.token_texts(ids), [round(float(v), 4) for v in values],
                            int(r) - lo, extras[rank - 1] if extras else {}))
     return out
@@ -176,7 +175,7 @@ def _scan_latents(cfg: MaxactConfig, model: LoadedJSAE, n_tokens: int, reporter:
     order = range(len(tracked))
     if cfg.top_latents:
         order = torch.argsort(tops.total, descending=True)[: cfg.top_latents].tolist()
-    from jsaectl.pair import label
+    from jsaectl.text import label
 
     items = []
     for s in order:
@@ -190,33 +189,39 @@ def _scan_latents(cfg: MaxactConfig, model: LoadedJSAE, n_tokens: int, reporter:
 
 
 def _scan_connection(cfg: MaxactConfig, model: LoadedJSAE, n_tokens: int, reporter: Reporter) -> MaxactResult:
+    """Tokens where input latent I and output latent O are both active (O in f_s's output code,
+    the rows of J), ranked by |J[O, I]| or by the product of the two activations."""
     lat_in, lat_out = cfg.connection
     tops = TopExamples(1, cfg.examples)
-    # Only one entry of each token's Jacobian is needed: J[o, i] = Σ_h U_T[o, h] · s_h · V[i, h].
-    U_row = model.sae_out.W_enc[:, lat_out] @ model.mlp.W_out  # [m]
-    V_rows = [model.sae_in.W_dec[lat_in] @ W.t() for W in ([model.mlp.W_in] + ([model.mlp.W_gate] if model.mlp.gated else []))]
     reporter.start("maxact", model.analysed_rows(n_tokens), "tokens")
-    for batch in model.batches(n_tokens, cfg.batch_size, with_jacobian=False):
-        a_in = (batch.code_in.values * (batch.code_in.indices == lat_in)).sum(1)
-        a_out = (batch.code_out.values * (batch.code_out.indices == lat_out)).sum(1)
+    for rows_np, x, y in model.acts.batches(n_tokens, cfg.batch_size, model.include_bos, model.device):
+        rows = torch.from_numpy(rows_np).to(model.device)
+        codes = model.analyse(x, rows, y, jacobian="codes")
+        a_in, a_out = _value_of(codes.code_in, lat_in), _value_of(codes.jac_out, lat_out)
         both = (a_in > 0) & (a_out > 0)
         if both.any():
-            x_eval = batch.x[both] if model.jacobian_at == "x" else model.sae_in.decode(batch.code_in.values[both], batch.code_in.indices[both])
-            J = sum((s * (U_row * V)).sum(1) for s, V in zip(slopes_at(model.mlp, x_eval), V_rows))
-            score = J.abs() if cfg.rank_by == "jacobian" else a_in[both] * a_out[both]
-            tops.update(torch.zeros(int(both.sum()), dtype=torch.int64), score.cpu(), batch.rows[both].cpu())
-        reporter.advance(len(batch.rows))
+            if cfg.rank_by == "jacobian":  # J only where the connection acts
+                score = _entry(model.analyse(x[both], rows[both], y[both] if y is not None else None), lat_in, lat_out).abs()
+            else:
+                score = a_in[both] * a_out[both]
+            tops.update(torch.zeros(int(both.sum()), dtype=torch.int64), score.cpu(), rows[both].cpu())
+        reporter.advance(len(rows))
     reporter.finish()
     valid = tops.rows[0] >= 0
     rows, scores = tops.rows[0][valid].numpy(), tops.values[0][valid].numpy()
     extras = []
     for r in rows:
-        b = model.analyse(model.acts.rows("x", int(r), int(r) + 1).to(model.device), torch.tensor([int(r)]))
-        i = (b.code_in.indices[0] == lat_in).nonzero()
-        o = (b.code_out.indices[0] == lat_out).nonzero()
-        extras.append({"in_activation": float(b.code_in.values[0, i]), "out_activation": float(b.code_out.values[0, o]),
-                       "J": float(b.J[0, o, i])})
+        b = model.window(int(r), int(r) + 1, jacobian="value")
+        extras.append({"in_activation": float(_value_of(b.code_in, lat_in)[0]), "out_activation": float(_value_of(b.jac_out, lat_out)[0]),
+                       "J": float(_entry(b, lat_in, lat_out)[0])})
     examples = _examples(model, "out", lat_out, rows, scores, cfg.context, extras)
     item = LatentExamples(f"{lat_in}->{lat_out}", "connection", f"input {lat_in} → output {lat_out}, ranked by {cfg.rank_by}",
                           int(tops.count[0]), examples)
     return MaxactResult(model.store.url, model.analysed_rows(n_tokens), [item], 0.0)
+
+
+def _entry(batch: Batch, lat_in: int, lat_out: int) -> torch.Tensor:
+    """``[B]`` J[lat_out, lat_in] of each token (0 where either latent is not active)."""
+    rows = (batch.jac_out.indices == lat_out) & (batch.jac_out.values > 0)  # [B, k_out]
+    cols = (batch.code_in.indices == lat_in) & (batch.code_in.values > 0)  # [B, k_in]
+    return (batch.J * rows[:, :, None] * cols[:, None, :]).sum((1, 2))

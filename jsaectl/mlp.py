@@ -151,21 +151,20 @@ class MLPWeights:
         return F.linear(h, self.W_out, self.b_out)
 
     def forward_and_slopes(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """``f(x)`` and the slopes of :meth:`slopes` as a list (``[a]`` or ``[a, c]``), sharing
-        the pre-activations."""
+        """``f(x)`` and :meth:`slopes`, sharing the pre-activations."""
         z, g = self.hidden(x)
         if not self.gated:
             return F.linear(self.act.fn(z), self.W_out, self.b_out), [self.act.grad(z)]
         gate = self.act.fn(g)
         return F.linear(gate * z, self.W_out, self.b_out), [gate, self.act.grad(g) * z]
 
-    def slopes(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The diagonal factors of df/dx = W_out · (diag(a) W_in + diag(c) W_gate).
+    def slopes(self, x: Tensor) -> list[Tensor]:
+        """The diagonal factors of df/dx = W_out · (diag(a) W_in + diag(c) W_gate), each ``[B, m]``.
 
-        Plain: ``a = act'(z)`` and c is None. Gated: ``a = act(g)`` (the slope through
-        W_in = up_proj) and ``c = act'(g) ⊙ z`` (through W_gate). Both ``[B, m]``.
+        Plain: ``[a]`` with ``a = act'(z)``. Gated: ``[a, c]`` with ``a = act(g)`` (the slope
+        through W_in = up_proj) and ``c = act'(g) ⊙ z`` (through W_gate).
         """
         z, g = self.hidden(x)
         if not self.gated:
-            return self.act.grad(z), None
-        return self.act.fn(g), self.act.grad(g) * z
+            return [self.act.grad(z)]
+        return [self.act.fn(g), self.act.grad(g) * z]

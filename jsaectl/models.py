@@ -160,9 +160,10 @@ def load_model(
     device: torch.device | str = "cpu",
     random_init: bool = False,
     seed: int = 0,
+    init_scheme: str = "tl",
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer (or, with ``random_init``, a freshly initialised
-    model of the same architecture, drawn with the architecture's own initialiser)."""
+    """Load a causal LM and its tokenizer, or with ``random_init`` the same architecture with
+    random weights (see ``INIT_SCHEMES``), reproducibly from ``seed``."""
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -176,12 +177,16 @@ def load_model(
         raise ModelError(f"{name} is an encoder-decoder model ({config.model_type})", hint="jsaectl harvests decoder-only causal LMs")
     tokenizer = from_pretrained(AutoTokenizer, path, "tokenizer", **common)
     torch_dtype = DTYPES[dtype]
+    if init_scheme not in INIT_SCHEMES:
+        raise ModelError(f"unknown --init-scheme {init_scheme!r}", hint="choose one of: " + ", ".join(INIT_SCHEMES))
     try:
-        if random_init:
+        if random_init and init_scheme == "hf":
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         else:
             model = from_pretrained(AutoModelForCausalLM, path, "model weights", dtype=torch_dtype, **common)
+            if random_init:
+                _transformer_lens_init(model, seed)
     except ValueError as e:  # an architecture AutoModelForCausalLM does not know
         raise ModelError(f"{name} is not a causal LM that transformers can load: {_first_line(e)}",
                          hint="pass --trust-remote-code if the model ships its own code and you trust it") from e
@@ -194,12 +199,34 @@ def load_model(
         "n_layers": getattr(config, "num_hidden_layers", None),
         "random_init": random_init,
         "seed": seed if random_init else None,
+        "init_scheme": init_scheme if random_init else None,
         "dtype": dtype,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "vocab_size": len(tokenizer),
     }
     return LoadedModel(model, tokenizer, provenance)
+
+
+# How --random-init draws the weights.
+#   tl: what the paper's reference code does (TransformerLens's `init_weights()` on the
+#       unprocessed model): every weight matrix (the parameters with two or more dimensions:
+#       embeddings, attention, MLP, unembedding) drawn from N(0, 0.8/√d_model); biases and norm
+#       gains keep their trained values. (TransformerLens draws tied embeddings twice; a model
+#       whose embedding and unembedding are one tensor, such as GPT-2, draws it once.)
+#   hf: the architecture's own Hugging Face initialiser (`from_config`), e.g. GPT-2's N(0, 0.02)
+#       with zero biases and unit norm gains: a much smaller MLP output.
+INIT_SCHEMES = ("tl", "hf")
+
+
+def _transformer_lens_init(model: nn.Module, seed: int) -> None:
+    d_model = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd")
+    std = 0.8 / d_model**0.5
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 # ---------------------------------------------------------------------------------------------

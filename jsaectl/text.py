@@ -1,4 +1,5 @@
-"""Token text for display: the bytes of each token, and windows of tokens decoded as UTF-8.
+"""Token text for display: the bytes of each token, windows of tokens decoded as UTF-8, and
+latent labels made of tokens.
 
 Byte-level BPE tokenizers (GPT-2, GPT-NeoX, Llama 3, Qwen) split characters such as "ä" over
 two tokens, so decoding tokens one at a time shows "�". Harvest stores each token's raw
@@ -63,3 +64,18 @@ def decode_window(ids: np.ndarray, data: np.ndarray, offsets: np.ndarray) -> lis
     if tail and out:
         out[-1] += tail
     return out
+
+
+def display_token(text: str) -> str:
+    """A token as it reads in a table: quoted, with whitespace made visible."""
+    return repr(str(text)).replace("\\n", "⏎")
+
+
+def label(tokens: np.ndarray, vocab: np.ndarray, top: int = 3) -> str:
+    """A latent's label: its most frequent tokens among its top activations, e.g. `'von'×7 'der'×4`."""
+    tokens = tokens[tokens >= 0]
+    if tokens.size == 0:
+        return "(never active)"
+    ids, counts = np.unique(tokens, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    return " ".join(f"{display_token(vocab[ids[i]])}×{counts[i]}" for i in order)

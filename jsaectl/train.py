@@ -33,15 +33,14 @@ from torch import nn
 from jsaectl import store as st
 from jsaectl.acts import Activations
 from jsaectl.errors import ConfigError, StoreError, TrainingError
-from jsaectl.jsae import jacobian_factors, jacobian_l1, slopes_at
-from jsaectl.mlp import MLPWeights
+from jsaectl import sparsity
+from jsaectl.jsae import JACOBIAN_AT, JSAE, JSAEOutput
+from jsaectl.pair import save_jsae
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.sae import TopKSAE
 from jsaectl.stream import BatchStream
 from jsaectl.units import format_count
 
-JACOBIAN_AT = ("x", "reconstruction")
-J_THRESHOLD = 0.01  # the paper's headline threshold for "a non-zero Jacobian entry"
 
 
 @dataclass
@@ -205,37 +204,20 @@ def lam_at(cfg: TrainConfig, step: int) -> float:
 # The model
 
 
-class JSAEPair(nn.Module):
-    """Both SAEs; ``forward`` returns the loss terms of one batch (so DDP can wrap it)."""
+class _Objective(nn.Module):
+    """What DDP wraps: one training forward of the JSAE, plus the AuxK terms when asked for."""
 
-    def __init__(self, d_model: int, n_latents: int, k: int, seed: int, device: torch.device) -> None:
+    def __init__(self, jsae: JSAE) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.sae_in = TopKSAE(d_model, n_latents, k, generator=g).to(device)
-        self.sae_out = TopKSAE(d_model, n_latents, k, generator=g).to(device)
+        self.jsae = jsae
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, mlp: MLPWeights, slopes: list[torch.Tensor] | None,
-                jacobian: str, jacobian_at: str, aux: tuple[torch.Tensor, torch.Tensor, int] | None) -> dict[str, torch.Tensor]:
-        """``jacobian``: "grad" (penalised), "metrics" (no gradient) or "off"."""
-        code_in, x_hat = self.sae_in(x)
-        code_out, y_hat = self.sae_out(y)
-        terms = {"mse_in": F.mse_loss(x_hat, x), "mse_out": F.mse_loss(y_hat, y),
-                 "x_hat": x_hat, "y_hat": y_hat, "code_in": code_in, "code_out": code_out}
-        if jacobian != "off":
-            with torch.set_grad_enabled(jacobian == "grad" and torch.is_grad_enabled()):
-                if jacobian_at == "reconstruction":
-                    slopes = slopes_at(mlp, x_hat.float())
-                elif slopes is None:
-                    slopes = slopes_at(mlp, x)
-                U_T, Vs = jacobian_factors(self.sae_in, self.sae_out, mlp)
-                total, J = jacobian_l1(U_T.float(), [V.float() for V in Vs], slopes, code_out.indices,
-                                       code_in.indices, code_out.pre_values > 0)
-            terms["jac_mean"] = total / J.numel()  # mean over tokens, k_out and k_in
-            terms["J"] = J
-        if aux is not None:
-            terms["auxk_in"] = _auxk_loss(self.sae_in, x, x_hat, aux[0], aux[2])
-            terms["auxk_out"] = _auxk_loss(self.sae_out, y, y_hat, aux[1], aux[2])
-        return terms
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None, jacobian: str,
+                aux: tuple[torch.Tensor, torch.Tensor, int] | None) -> tuple[JSAEOutput, torch.Tensor | None]:
+        out = self.jsae(x, y, jacobian=jacobian)
+        if aux is None:
+            return out, None
+        return out, (_auxk_loss(self.jsae.sae_in, x, out.x_hat, aux[0], aux[2])
+                     + _auxk_loss(self.jsae.sae_out, out.y, out.y_hat, aux[1], aux[2]))
 
 
 def _auxk_loss(sae: TopKSAE, v: torch.Tensor, v_hat: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
@@ -329,14 +311,14 @@ def _truncate_history(store: st.Store, upto_step: int) -> None:
             g[key].resize((n,))
 
 
-def _save_checkpoint(store: st.Store, pair: JSAEPair, opt: torch.optim.Optimizer, state: dict[str, Any],
+def _save_checkpoint(store: st.Store, jsae: JSAE, opt: torch.optim.Optimizer, state: dict[str, Any],
                      last_fired: dict[str, torch.Tensor]) -> None:
     """Write into the slot not in use, then point to it: a kill mid-write leaves the previous
     checkpoint intact."""
     ckpt = store.group.require_group("checkpoint")
     current = ckpt.attrs.get("slot")
     slot = ckpt.require_group(f"slot_{1 - current if current in (0, 1) else 0}")
-    tensors = {f"model/{k}": v for k, v in pair.state_dict().items()}
+    tensors = {f"model/{k}": v for k, v in jsae.state_dict().items()}
     opt_state = opt.state_dict()
     for pid, pstate in opt_state["state"].items():
         for name, value in pstate.items():
@@ -350,17 +332,17 @@ def _save_checkpoint(store: st.Store, pair: JSAEPair, opt: torch.optim.Optimizer
     ckpt.attrs["step"] = state["step"]
 
 
-def _load_checkpoint(store: st.Store, pair: JSAEPair, opt: torch.optim.Optimizer,
+def _load_checkpoint(store: st.Store, jsae: JSAE, opt: torch.optim.Optimizer,
                      last_fired: dict[str, torch.Tensor]) -> dict[str, Any] | None:
     if "checkpoint" not in store.group or store.group["checkpoint"].attrs.get("slot") not in (0, 1):
         return None
     slot = store.group["checkpoint"][f"slot_{store.group['checkpoint'].attrs['slot']}"]
-    device = next(pair.parameters()).device
+    device = next(jsae.parameters()).device
     load = lambda name: torch.from_numpy(np.asarray(slot[name][...])).to(device)  # noqa: E731
-    pair.load_state_dict({k: load(f"model/{k}") for k in pair.state_dict()})
+    jsae.load_state_dict({k: load(f"model/{k}") for k in jsae.state_dict()})
     state = dict(slot.attrs["state"])
     opt_state = {"state": {}, "param_groups": state.pop("param_groups")}
-    for pid in range(len(list(pair.parameters()))):
+    for pid in range(len(list(jsae.parameters()))):
         names = [n for n in ("step", "exp_avg", "exp_avg_sq") if f"opt/{pid}/{n}" in slot]
         if names:
             opt_state["state"][pid] = {n: load(f"opt/{pid}/{n}") for n in names}
@@ -372,15 +354,6 @@ def _load_checkpoint(store: st.Store, pair: JSAEPair, opt: torch.optim.Optimizer
     return state
 
 
-def _write_result(store: st.Store, pair: JSAEPair) -> None:
-    for name, sae in (("sae_in", pair.sae_in), ("sae_out", pair.sae_out)):
-        g = store.group.require_group(name)
-        for pname in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            st.write_array(g, pname, getattr(sae, pname).detach().float().cpu().numpy())
-        g.attrs.update({"d_in": sae.d_in, "d_sae": sae.n_latents, "k": sae.k, "architecture": "topk",
-                        "apply_b_dec_to_input": False, "site": "mlp_in" if name == "sae_in" else "mlp_out"})
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 
@@ -388,15 +361,15 @@ def _write_result(store: st.Store, pair: JSAEPair) -> None:
 class _Trainer:
     def __init__(self, cfg: TrainConfig, acts: Activations, dist: Dist, device: torch.device) -> None:
         self.cfg, self.acts, self.dist, self.device = cfg, acts, dist, device
-        self.mlp = acts.mlp(device)
-        self.pair = JSAEPair(acts.d_model, cfg.latents, cfg.k, cfg.seed, device)
-        self.model: nn.Module = self.pair
+        self.jsae = JSAE.init(acts.d_model, cfg.latents, cfg.k, acts.mlp(device), seed=cfg.seed, at=cfg.jacobian_at,
+                              device=device)
+        self.model: nn.Module = _Objective(self.jsae)
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.model = DistributedDataParallel(self.pair, device_ids=[device.index] if device.type == "cuda" else None)
+            self.model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         # fused: one kernel over all parameters instead of a dozen passes (CPU and CUDA)
-        self.opt = torch.optim.Adam(self.pair.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=device.type in ("cpu", "cuda"))
+        self.opt = torch.optim.Adam(self.jsae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=device.type in ("cpu", "cuda"))
         n = cfg.latents
         self.last_fired = {"in": torch.full((n,), -1, dtype=torch.int64, device=device),
                            "out": torch.full((n,), -1, dtype=torch.int64, device=device)}
@@ -405,14 +378,6 @@ class _Trainer:
         use_autocast = cfg.autocast if cfg.autocast is not None else device.type == "cuda"
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast)
 
-    def targets(self, x: torch.Tensor, y_stored: torch.Tensor | None, need_slopes: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """y = f(x) (or the stored y) and, if needed, the MLP slopes at x, without gradient."""
-        with torch.no_grad():
-            if not need_slopes and y_stored is not None:
-                return y_stored, None
-            y, slopes = self.mlp.forward_and_slopes(x)
-            return (y_stored if y_stored is not None else y), (slopes if need_slopes else None)
-
     def dead(self, tokens_seen: int) -> dict[str, torch.Tensor]:
         window = self.cfg.dead_tokens
         return {k: (v < 0) | (tokens_seen - v > window) for k, v in self.last_fired.items()}
@@ -420,34 +385,33 @@ class _Trainer:
     def step(self, step: int, x: torch.Tensor, y_stored: torch.Tensor | None, tokens_seen: int, log: bool) -> dict[str, float] | None:
         cfg = self.cfg
         lam = lam_at(cfg, step)
-        jacobian = "grad" if lam > 0 else ("metrics" if log else "off")
-        y, slopes = self.targets(x, y_stored, need_slopes=jacobian != "off" and cfg.jacobian_at == "x")
+        jacobian = "grad" if lam > 0 else ("value" if log else "off")  # λ = 0: J for the logged metrics only
         aux = None
         if cfg.auxk > 0:
             dead = self.dead(tokens_seen)
             aux = (dead["in"], dead["out"], cfg.auxk_k)
         with self.autocast:
-            terms = self.model(x, y, self.mlp, slopes, jacobian, cfg.jacobian_at, aux)
-        loss = terms["mse_in"] + terms["mse_out"]
+            out, auxk = self.model(x, y_stored, jacobian, aux)
+        loss = F.mse_loss(out.x_hat, x) + F.mse_loss(out.y_hat, out.y)
         if jacobian == "grad":
-            loss = loss + lam * terms["jac_mean"]
-        if aux is not None:
-            loss = loss + cfg.auxk * (terms["auxk_in"] + terms["auxk_out"])
+            loss = loss + lam * out.jac_mean
+        if auxk is not None:
+            loss = loss + cfg.auxk * auxk
         self._check_loss(step, loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in self.opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.pair.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.jsae.parameters(), cfg.grad_clip)
         self.opt.step()
-        self.pair.sae_in.normalize_decoder()
-        self.pair.sae_out.normalize_decoder()
-        self._mark_fired(terms, tokens_seen + cfg.batch_size)
+        self.jsae.sae_in.normalize_decoder()
+        self.jsae.sae_out.normalize_decoder()
+        self._mark_fired(out, tokens_seen + cfg.batch_size)
         if not log:
             return None
         self._check_flag(step + 1)
-        return self._metrics(step, lam, loss, terms, x, y, tokens_seen + cfg.batch_size)
+        return self._metrics(step, lam, loss, out, auxk, x, tokens_seen + cfg.batch_size)
 
     def _check_loss(self, step: int, loss: torch.Tensor) -> None:
         """A non-finite loss ends the run (every weight would be NaN a step later). On the CPU
@@ -469,7 +433,7 @@ class _Trainer:
     def check_weights(self, step: int) -> None:
         """Before a checkpoint or the end: refuse to write a loss or weights that are not finite."""
         self._check_flag(step)
-        for name, p in self.pair.named_parameters():
+        for name, p in self.jsae.named_parameters():
             if not torch.isfinite(p).all():
                 raise self._diverged(f"{name} holds non-finite values at step {step}")
 
@@ -478,8 +442,8 @@ class _Trainer:
                              hint="lower --lr or --lam (then --overwrite), or check the activations with `jsaectl verify`; "
                              "a run whose config is unchanged continues with --resume")
 
-    def _mark_fired(self, terms: dict[str, Any], tokens_seen: int) -> None:
-        for key, code in (("in", terms["code_in"]), ("out", terms["code_out"])):
+    def _mark_fired(self, out: JSAEOutput, tokens_seen: int) -> None:
+        for key, code in (("in", out.code_in), ("out", out.code_out)):
             fired = torch.zeros(self.cfg.latents, dtype=torch.int32, device=self.device)
             fired.index_fill_(0, code.indices[code.pre_values > 0], 1)
             if self.dist.world > 1:
@@ -487,18 +451,18 @@ class _Trainer:
             self.last_fired[key][fired.bool()] = tokens_seen
 
     @torch.no_grad()
-    def _metrics(self, step: int, lam: float, loss: torch.Tensor, terms: dict[str, Any], x: torch.Tensor,
-                 y: torch.Tensor, tokens_seen: int) -> dict[str, float]:
-        ev_in, fvu_in = explained_variance(x, terms["x_hat"].float())
-        ev_out, fvu_out = explained_variance(y, terms["y_hat"].float())
+    def _metrics(self, step: int, lam: float, loss: torch.Tensor, out: JSAEOutput, auxk: torch.Tensor | None,
+                 x: torch.Tensor, tokens_seen: int) -> dict[str, float]:
+        ev_in, fvu_in = explained_variance(x, out.x_hat.float())
+        ev_out, fvu_out = explained_variance(out.y, out.y_hat.float())
         values = {
-            "loss": loss.item(), "mse_in": terms["mse_in"].item(), "mse_out": terms["mse_out"].item(),
+            "loss": loss.item(), "mse_in": F.mse_loss(out.x_hat, x).item(), "mse_out": F.mse_loss(out.y_hat, out.y).item(),
             "ev_in": ev_in, "ev_out": ev_out, "fvu_in": fvu_in, "fvu_out": fvu_out,
-            "l0_in": (terms["code_in"].pre_values > 0).sum(1).float().mean().item(),
-            "l0_out": (terms["code_out"].pre_values > 0).sum(1).float().mean().item(),
-            "jac_l1": terms["jac_mean"].item() if "jac_mean" in terms else float("nan"),
-            "j_count": (terms["J"].abs() > J_THRESHOLD).sum((1, 2)).float().mean().item() if "J" in terms else float("nan"),
-            "auxk": (terms["auxk_in"] + terms["auxk_out"]).item() if "auxk_in" in terms else 0.0,
+            "l0_in": (out.code_in.pre_values > 0).sum(1).float().mean().item(),
+            "l0_out": (out.code_out.pre_values > 0).sum(1).float().mean().item(),
+            "jac_l1": out.jac_mean.item() if out.J is not None else float("nan"),
+            "j_count": (out.J.abs() > sparsity.HEADLINE).sum((1, 2)).float().mean().item() if out.J is not None else float("nan"),
+            "auxk": auxk.item() if auxk is not None else 0.0,
         }
         if self.dist.world > 1:  # every process logs the mean over all of them
             keys = sorted(values)
@@ -576,7 +540,7 @@ def _run(cfg: TrainConfig, acts: Activations, dist: Dist, device: torch.device, 
     trainer = _Trainer(cfg, acts, dist, device)
     start = 0
     if resuming:
-        state = _load_checkpoint(store or st.open_store(url, "jsae", require_complete=False), trainer.pair, trainer.opt,
+        state = _load_checkpoint(store or st.open_store(url, "jsae", require_complete=False), trainer.jsae, trainer.opt,
                                  trainer.last_fired)
         start = state["step"] if state else 0
         reporter.note(f"resuming {url} at step {start} of {cfg.n_steps}")
@@ -600,7 +564,7 @@ def _run(cfg: TrainConfig, acts: Activations, dist: Dist, device: torch.device, 
     final = {**_finite({k: v for k, v in loop.last.items() if k not in ("step", "tokens", "lr")}), "data_wait": loop.data_wait}
     if store is not None:
         _append_history(store, loop.pending)
-        _write_result(store, trainer.pair)
+        save_jsae(store, trainer.jsae)
         if "checkpoint" in store.group and not cfg.keep_checkpoint:
             del store.group["checkpoint"]  # optimiser state is 3x the weights; a finished run needs none
         store.mark_complete(checkpoint_step=None, final_metrics=final, tokens_per_second=loop.tokens_per_second)
@@ -659,7 +623,7 @@ def _loop(cfg: TrainConfig, trainer: _Trainer, stream: BatchStream, start: int, 
             if store is not None:
                 _append_history(store, pending)
                 pending = []
-                _save_checkpoint(store, trainer.pair, trainer.opt, {"step": done}, trainer.last_fired)
+                _save_checkpoint(store, trainer.jsae, trainer.opt, {"step": done}, trainer.last_fired)
                 store.update_meta(checkpoint_step=done)
             _barrier(dist)
     if device.type == "cuda":

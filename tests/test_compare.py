@@ -58,10 +58,10 @@ def _spliced_ce(jsae: str, gpt2_dir, n_ctx: int) -> dict[str, float]:
             new = torch.zeros_like(out)
             new[:, 0] = out[:, 0]
             return new
-        return recon(run.sae_out, out) if mode["m"] == "sae_out" else None
+        return recon(run.sae("out"), out) if mode["m"] == "sae_out" else None
 
     def pre(module, args):
-        return (recon(run.sae_in, args[0]),) if mode["m"] == "sae_in" else None
+        return (recon(run.sae("in"), args[0]),) if mode["m"] == "sae_in" else None
 
     hooks = [block.c_proj.register_forward_hook(post), block.register_forward_pre_hook(pre)]
     ces = {}
@@ -110,9 +110,12 @@ def test_held_out_acts_must_come_from_the_jsaes_own_site(jsae_store, baseline, g
 def test_reconstruction_and_sparsity_agree_with_the_jacobian_stage(results, jsae_store, tmp_path):
     jac = jacobian(JacobianConfig(jsae=jsae_store, tokens=3000, out=str(tmp_path / "j.zarr")))
     values = results[0][0].values
-    for t, row in jac.sparsity.items():
-        key = "j_mass90" if t == "mass90" else f"j>{t}"
-        assert values[key] == pytest.approx(row["mean_count"], rel=1e-6)
+    for t, row in jac.sparsity["above"].items():
+        assert values[f"j>{t}"] == pytest.approx(row["mean_count"], rel=1e-6)
+    for m, row in jac.sparsity["above_rms"].items():
+        assert values[f"j>{m}rms"] == pytest.approx(row["mean_count"], rel=1e-6)
+    assert values["j_mass90"] == pytest.approx(jac.sparsity["mass90"]["mean_count"], rel=1e-6)
+    assert values["j_gini"] == pytest.approx(jac.sparsity["gini"], rel=1e-6)
     assert values["ev_in"] <= 1 and values["fvu_in"] > 0 and values["fvu_out"] > 0 and 0 < values["l0_in"] <= 4
     lam0 = results[0][1].values
     assert lam0["j>0.01"] > values["j>0.01"]  # the penalty sparsifies the Jacobian

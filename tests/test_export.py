@@ -25,6 +25,7 @@ from jsaectl.export import (
     sparsify_tensors,
 )
 from jsaectl.jacobian import JacobianConfig, jacobian
+from jsaectl.acts import Activations
 from jsaectl.pair import load_sae
 from jsaectl.store import open_store
 from jsaectl.sae import TopKSAE
@@ -146,8 +147,26 @@ def test_jsae_pair_holds_both_saes_under_the_reference_keys(jsae_store, saes, in
     assert sorted(os.listdir(out)) == ["cfg.json", "sae_weights.safetensors"]
     cfg = json.loads((out / "cfg.json").read_text())
     w = load_file(out / "sae_weights.safetensors")
-    assert set(w) == {f"_{n}{s}" for n in ("W_enc", "b_enc", "W_dec", "b_dec") for s in ("", "_out")}
     meta = zarr.open_group(jsae_store, mode="r").attrs["jsaectl"]
+    d, n, m = meta["d_model"], meta["n_latents"], meta["d_mlp"]
+    # The reference's parameter names and shapes (jacobian_saes/sae_pair.py, training_sae_pair.py:
+    # SAELens orientation for the SAEs, TransformerLens's for the MLP).
+    shapes = {"_W_enc": (d, n), "_b_enc": (n,), "_W_dec": (n, d), "_b_dec": (d,)}
+    shapes |= {f"{k}_out": v for k, v in shapes.items()}
+    shapes |= {"mlp.W_in": (d, m), "mlp.b_in": (m,), "mlp.W_out": (m, d), "mlp.b_out": (d,)}
+    assert {k: tuple(v.shape) for k, v in w.items()} == shapes
+    acts = Activations.open(meta["acts_store"]).mlp()
+    torch.testing.assert_close(w["mlp.W_in"], acts.W_in.t(), rtol=0, atol=0)
+    torch.testing.assert_close(w["mlp.W_out"], acts.W_out.t(), rtol=0, atol=0)
+    # Every field of TrainingSAEPairConfig and SAEPairConfig without a default (the reference's
+    # loaders fail with a TypeError on a missing one), as its source defines them.
+    required = {"architecture", "d_in", "d_sae", "activation_fn_str", "apply_b_dec_to_input", "finetuning_scaling_factor",
+                "context_size", "model_name", "hook_name", "hook_layer", "hook_head_index", "prepend_bos", "dataset_path",
+                "dataset_trust_remote_code", "normalize_activations", "dtype", "device", "l1_coefficient", "lp_norm",
+                "use_ghost_grads", "normalize_sae_decoder", "noise_scale", "decoder_orthogonal_init", "mse_loss_normalization"}
+    assert required <= set(cfg) and cfg["use_jacobian_loss"] is True
+    assert cfg["hook_name"] == f"blocks.{meta['layer']}.ln2.hook_normalized"
+    assert cfg["hook_name_out"] == f"blocks.{meta['layer']}.hook_mlp_out"
     assert cfg["activation_fn_str"] == "topk" and cfg["activation_fn_kwargs"] == {"k": meta["k"]}
     assert (cfg["d_in"], cfg["d_sae"], cfg["hook_layer"]) == (meta["d_model"], meta["n_latents"], meta["layer"])
     assert cfg["jacobian_coefficient"] == meta["lam"] and cfg["is_pair"] and cfg["context_size"] == 32
@@ -285,3 +304,79 @@ def test_library_refuses_before_writing(jsae_store, tmp_path):
     with pytest.raises(ConfigError, match="unknown export format"):
         export(ExportConfig(store=jsae_store, format="SAELens", out=str(tmp_path / "x")))
     assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# jsae-pair back in: jsaectl import
+
+
+def _import(*args: str) -> CliRunner:
+    return runner.invoke(app, ["import", *args])
+
+
+def test_jsae_pair_export_then_import_is_the_same_jsae(jsae_store, tmp_path):
+    pair = tmp_path / "pair"
+    _run(jsae_store, "-f", "jsae-pair", "-o", str(pair))
+    acts = zarr.open_group(jsae_store, mode="r").attrs["jsaectl"]["acts_store"]
+    result = _import(str(pair), "--acts", acts, "-o", str(tmp_path / "back.zarr"), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["mlp_checked"] is True and summary["store"] == str(tmp_path / "back.zarr")
+    a, b = zarr.open_group(jsae_store, mode="r"), zarr.open_group(str(tmp_path / "back.zarr"), mode="r")
+    for name in [f"{s}/{p}" for s in ("sae_in", "sae_out") for p in ("W_enc", "b_enc", "W_dec", "b_dec")] + ["mlp/W_in", "mlp/W_out"]:
+        assert a[name][...].tobytes() == b[name][...].tobytes(), name  # bit-identical
+    assert b.attrs["jsaectl"]["lam"] == a.attrs["jsaectl"]["lam"]
+    ja = jacobian(JacobianConfig(jsae=jsae_store, tokens=2000, out=str(tmp_path / "ja.zarr")))
+    jb = jacobian(JacobianConfig(jsae=str(tmp_path / "back.zarr"), tokens=2000, out=str(tmp_path / "jb.zarr")))
+    assert ja.sparsity == jb.sparsity
+    ca, cb = (zarr.open_group(j.store, mode="r")["connections"] for j in (ja, jb))
+    for column in ("input", "output", "count", "strength", "mean"):
+        assert ca[column][...].tobytes() == cb[column][...].tobytes(), column
+    again = _import(str(pair), "--acts", acts, "-o", str(tmp_path / "back.zarr"))
+    assert again.exit_code == 0 and "already imported" in again.stderr
+
+
+def test_import_refuses_a_pair_of_another_mlp_or_layer(jsae_store, gpt2_dir, corpus, tmp_path):
+    from safetensors.torch import save_file
+
+    pair = tmp_path / "pair"
+    _run(jsae_store, "-f", "jsae-pair", "-o", str(pair))
+    acts = zarr.open_group(jsae_store, mode="r").attrs["jsaectl"]["acts_store"]
+    other = runner.invoke(app, ["harvest", str(gpt2_dir), "-l", "0", "-d", str(corpus), "-n", "2k", "-T", "32",
+                                "-o", str(tmp_path / "l0.zarr")])
+    assert other.exit_code == 0, other.output
+    result = _import(str(pair), "--acts", str(tmp_path / "l0.zarr"), "-o", str(tmp_path / "x.zarr"))
+    assert result.exit_code == 2 and "trained on layer 1" in result.stderr and not (tmp_path / "x.zarr").exists()
+    w = load_file(pair / "sae_weights.safetensors")
+    w["mlp.W_in"] = w["mlp.W_in"] * 1.01
+    save_file(w, pair / "sae_weights.safetensors")
+    result = _import(str(pair), "--acts", acts, "-o", str(tmp_path / "x.zarr"))
+    assert result.exit_code == 2 and "MLP weights" in result.stderr and "differ" in result.stderr
+    single = tmp_path / "single"
+    _run(jsae_store, "-f", "saelens", "-o", str(single))
+    result = _import(str(single / "sae_in"), "--acts", acts)
+    assert result.exit_code == 2 and "not a JSAE pair" in result.stderr
+
+
+def test_import_folds_a_subtracted_decoder_bias(jsae_store, inputs, saes, tmp_path):
+    """A reference pair trained with apply_b_dec_to_input encodes (x − b_dec) W + b; the import
+    rewrites it as x W + (b − b_dec W): the same codes."""
+    from safetensors.torch import save_file
+
+    pair = tmp_path / "pair"
+    _run(jsae_store, "-f", "jsae-pair", "-o", str(pair))
+    cfg = json.loads((pair / "cfg.json").read_text())
+    w = load_file(pair / "sae_weights.safetensors")
+    for s in ("", "_out"):  # the same encoder, written the reference's other way
+        w[f"_b_enc{s}"] = (w[f"_b_enc{s}"].double() + w[f"_b_dec{s}"].double() @ w[f"_W_enc{s}"].double()).float()
+    cfg["apply_b_dec_to_input"] = True
+    save_file(w, pair / "sae_weights.safetensors")
+    (pair / "cfg.json").write_text(json.dumps(cfg))
+    acts = zarr.open_group(jsae_store, mode="r").attrs["jsaectl"]["acts_store"]
+    result = _import(str(pair), "--acts", acts, "-o", str(tmp_path / "folded.zarr"))
+    assert result.exit_code == 0, result.output
+    store = open_store(str(tmp_path / "folded.zarr"), "jsae")
+    for side in ("in", "out"):
+        dense, _ = _ours(load_sae(store, f"sae_{side}"), inputs)
+        want, _ = _ours(saes[side], inputs)
+        torch.testing.assert_close(dense, want, **TOL)

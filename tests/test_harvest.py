@@ -141,16 +141,24 @@ def test_random_init_is_the_architecture_redrawn_from_its_seed(gpt2_dir, corpus,
     common = dict(model=str(gpt2_dir), layer=1, dataset=str(corpus), tokens=1024, context_size=32, dtype="float32")
     runs = {name: Activations.open(harvest(HarvestConfig(**common, **kw, out=str(tmp_path / f"{name}.zarr"))).store)
             for name, kw in (("trained", {}), ("r0", dict(random_init=True, seed=0)), ("r0b", dict(random_init=True, seed=0)),
-                             ("r1", dict(random_init=True, seed=1)))}
+                             ("r1", dict(random_init=True, seed=1)),
+                             ("hf", dict(random_init=True, seed=0, init_scheme="hf")))}
     x = {name: a.rows("x", 0, 1024) for name, a in runs.items()}
-    w = {name: a.mlp().W_in for name, a in runs.items()}
+    mlps = {name: a.mlp() for name, a in runs.items()}
+    w = {name: m.W_in for name, m in mlps.items()}
     assert torch.equal(x["r0"], x["r0b"]) and torch.equal(w["r0"], w["r0b"])  # reproducible from the seed
     assert not torch.allclose(w["r0"], w["r1"]) and not torch.allclose(w["r0"], w["trained"])
     assert not torch.allclose(x["r0"], x["trained"])
-    # GPT-2's own initialiser: N(0, 0.02) linears (the test model's weights were perturbed by 0.05).
-    assert abs(float(w["r0"].std()) - 0.02) < 0.003
+    # The default, the reference code's scheme (TransformerLens init_weights): weight matrices from
+    # N(0, 0.8/√d_model), d_model 32 here; biases (and norm gains) keep their trained values.
+    assert abs(float(w["r0"].std()) - 0.8 / 32**0.5) < 0.015
+    assert torch.equal(mlps["r0"].b_in, mlps["trained"].b_in)
+    assert not torch.equal(mlps["trained"].b_in, torch.zeros_like(mlps["trained"].b_in))
+    # --init-scheme hf: GPT-2's own initialiser, N(0, 0.02) linears, zero biases.
+    assert abs(float(w["hf"].std()) - 0.02) < 0.003 and torch.equal(mlps["hf"].b_in, torch.zeros_like(mlps["hf"].b_in))
     prov = runs["r1"].meta["model"]
-    assert prov["random_init"] is True and prov["seed"] == 1 and runs["trained"].meta["model"]["random_init"] is False
+    assert prov["random_init"] is True and prov["seed"] == 1 and prov["init_scheme"] == "tl"
+    assert runs["hf"].meta["model"]["init_scheme"] == "hf" and runs["trained"].meta["model"]["random_init"] is False
     assert (runs["r0"].tokens(0, 1024) == runs["trained"].tokens(0, 1024)).all()  # the same text
 
 

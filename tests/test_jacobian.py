@@ -40,16 +40,23 @@ def test_sparsity_summary_counts_entries_above_each_threshold(jac, brute):
     model, batches = brute
     J = torch.cat([b.J for b in batches])
     assert jac.n_tokens == len(J) == N - N // 32 - 1  # BOS rows (position 0) are skipped
-    thresholds = {t: row for t, row in jac.sparsity.items() if t != "mass90"}
-    for t, row in thresholds.items():
+    sp = jac.sparsity
+    for t, row in sp["above"].items():
         expected = (J.abs() > float(t)).sum((1, 2)).double().mean().item()
         assert row["mean_count"] == pytest.approx(expected) and row["fraction"] == pytest.approx(expected / 16)
-    counts = [row["mean_count"] for row in thresholds.values()]
+    counts = [row["mean_count"] for row in sp["above"].values()]
     assert counts == sorted(counts, reverse=True) and counts[0] > 0
-    # scale-free: per token, the fewest entries whose |J| sum reaches 90% of the total (numpy reference)
-    a = np.sort(np.abs(J.numpy()).reshape(len(J), -1), axis=1)[:, ::-1]
-    need = [int(np.searchsorted(np.cumsum(r), 0.9 * r.sum()) + 1) if r.sum() > 0 else 0 for r in a]
-    assert jac.sparsity["mass90"]["mean_count"] == pytest.approx(np.mean(need), rel=1e-6)
+    # Scale-free measures, against numpy references written out here.
+    a = np.abs(J.numpy().astype(np.float64)).reshape(len(J), -1)
+    rms = np.sqrt((a**2).mean(1))
+    for m, row in sp["above_rms"].items():
+        assert row["mean_count"] == pytest.approx((a > float(m) * rms[:, None]).sum(1).mean())
+    desc = np.sort(a, axis=1)[:, ::-1]
+    need = [int(np.searchsorted(np.cumsum(r), 0.9 * r.sum()) + 1) if r.sum() > 0 else 0 for r in desc]
+    assert sp["mass90"]["mean_count"] == pytest.approx(np.mean(need), rel=1e-6)
+    gini = [np.abs(r[:, None] - r[None, :]).sum() / (2 * len(r) * r.sum()) if r.sum() > 0 else 0 for r in a]
+    assert sp["gini"] == pytest.approx(np.mean(gini), rel=1e-9) and 0 < sp["gini"] < 1
+    assert sp["mean_abs"] == pytest.approx(a.mean(), rel=1e-6)
 
 
 def test_connections_are_the_aggregates_of_co_active_pairs(jac, brute):
@@ -182,8 +189,8 @@ def test_jacobian_on_held_out_acts_with_custom_thresholds(jsae_store, gpt2_dir, 
     assert result.exit_code == 0, result.output
     meta = zarr.open_group(str(tmp_path / "j.zarr"), mode="r").attrs["jsaectl"]
     assert meta["acts_store"] == held and meta["n_tokens"] == 1000 - 32  # -n 1k: 1000 rows, less a BOS every 32
-    assert set(meta["sparsity"]) == {"0.001", "0.1", "mass90"}
-    assert meta["sparsity"]["0.001"]["mean_count"] >= meta["sparsity"]["0.1"]["mean_count"]
+    assert set(meta["sparsity"]["above"]) == {"0.001", "0.1"} and set(meta["sparsity"]["above_rms"]) == {"0.5", "1", "2", "4"}
+    assert meta["sparsity"]["above"]["0.001"]["mean_count"] >= meta["sparsity"]["above"]["0.1"]["mean_count"]
     assert "histogram of |J|" in result.stderr and "%" in result.stderr.split("histogram of |J|")[1]
 
 
@@ -239,13 +246,14 @@ def test_ablation_check_agrees_with_J_when_f_is_affine(jsae_store, at):
     """With every ReLU unit of the MLP switched on, f is affine, so removing one unit of an input
     latent moves each output latent by exactly −J (unless the TopK set changes): the check must
     find (nearly) full agreement, wherever J is evaluated."""
+    from jsaectl.jsae import JSAE
     from jsaectl.linearity import linearity_checks
     from jsaectl.mlp import MLPWeights
 
     model = LoadedJSAE.open(jsae_store)
     m = model.mlp
-    model.mlp = MLPWeights(m.W_in, m.b_in + 1e3, m.W_out, m.b_out - m.W_out @ torch.full_like(m.b_in, 1e3), "relu")
-    model.jacobian_at = at
+    affine = MLPWeights(m.W_in, m.b_in + 1e3, m.W_out, m.b_out - m.W_out @ torch.full_like(m.b_in, 1e3), "relu")
+    model.jsae = JSAE(model.sae("in"), model.sae("out"), affine, at)
     result = linearity_checks(model, n_tokens=2000, n_pairs=60, seed=0)
     assert result["ablation_checks"] > 100 and result["ablation_topk_kept"] > 0.3
     # Where TopK keeps the same latents, e_y ∘ f ∘ d_x is affine too: J predicts the change exactly.

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jsaectl.jsae import jacobian_factors, jacobian_l1, pair_forward, slopes_at
+from jsaectl.jsae import JSAE, jacobian_factors, jacobian_l1
 from jsaectl.mlp import ACTIVATIONS, MLPWeights, get_activation, identify_activation
 from jsaectl.sae import TopKSAE
 
@@ -39,40 +39,51 @@ def _encode_dense(sae: TopKSAE, v: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
 
 
+def _f(mlp: MLPWeights, x: torch.Tensor) -> torch.Tensor:
+    """The MLP written out here, independently of MLPWeights.forward."""
+    act = get_activation(mlp.activation).fn
+    if mlp.gated:
+        return (act(x @ mlp.W_gate.T + mlp.b_gate) * (x @ mlp.W_in.T + mlp.b_in)) @ mlp.W_out.T + mlp.b_out
+    return act(x @ mlp.W_in.T + mlp.b_in) @ mlp.W_out.T + mlp.b_out
+
+
+def _jsae(sae_in: TopKSAE, sae_out: TopKSAE, mlp: MLPWeights, at: str) -> JSAE:
+    return JSAE(sae_in, sae_out, mlp, at)
+
+
 @pytest.mark.parametrize("activation,gated", KINDS)
 @pytest.mark.parametrize("at", ["x", "reconstruction"])
-def test_closed_form_jacobian_equals_jacrev(activation, gated, at):
+def test_closed_form_jacobian_equals_jacrev_of_f_s(activation, gated, at):
+    """J from JSAE.forward against torch.func.jacrev of the composed function itself: at x̂,
+    f_s(s) = e_y(f(d_x(s))) with its own dense TopK; at x, s ↦ e_y(f(x + d_x(s) − d_x(s0)))."""
     g = torch.Generator().manual_seed(hash((activation, gated, at)) % 2**31)
     mlp = _mlp(activation, gated, g)
     sae_in, sae_out = _pair(g)
     x = torch.randn(B, D, generator=g, dtype=torch.float64)
-    y = mlp.forward(x)
     with torch.no_grad():
         # Shift the output biases so that about half of the kept values are not positive.
-        sae_out.b_enc -= (y @ sae_out.W_enc + sae_out.b_enc).topk(K, dim=1).values.median() - 1e-3
-        out = pair_forward(sae_in, sae_out, mlp, x, y, with_jacobian=True, jacobian_at=at)
+        at_point = _f(mlp, x) if at == "x" else _f(mlp, _encode_dense(sae_in, x) @ sae_in.W_dec + sae_in.b_dec)
+        sae_out.b_enc -= (at_point @ sae_out.W_enc + sae_out.b_enc).topk(K, dim=1).values.median() - 1e-3
+        out = _jsae(sae_in, sae_out, mlp, at)(x, jacobian="value")
     masked_rows = 0
     for b in range(B):
-        s0 = sae_in.encode_dense(x[b : b + 1])[0]
-        x_hat_b = out.x_hat[b]
-        active_out = out.code_out.indices[b]
+        s0 = _encode_dense(sae_in, x[b : b + 1])[0]
         if at == "x":
-            # f_s linearised where training evaluates it: at the true x, moving along decoder rows.
-            f_s = lambda s: _encode_dense(sae_out, mlp.forward((x[b] + (s - s0) @ sae_in.W_dec)[None]))[0]  # noqa: E731
+            f_s = lambda s: _encode_dense(sae_out, _f(mlp, (x[b] + (s - s0) @ sae_in.W_dec)[None]))[0]  # noqa: E731
+            point = x[b]
         else:
-            # f_s = e_y ∘ f ∘ d_x at s0 with the output SAE's active set taken from the true y.
-            ref_mask = torch.zeros(N, dtype=torch.float64).index_fill(0, active_out, 1.0)
-            pre_out = lambda s: (mlp.forward((s @ sae_in.W_dec + sae_in.b_dec)[None]) @ sae_out.W_enc + sae_out.b_enc)[0]  # noqa: E731
-            # Rows kept: output latents whose TopK value at the true y is positive (the dense reference encoder).
-            keep = (_encode_dense(sae_out, y[b : b + 1])[0, active_out] > 0).double()
-            f_s = lambda s: pre_out(s) * ref_mask  # noqa: E731
-            torch.testing.assert_close(s0 @ sae_in.W_dec + sae_in.b_dec, x_hat_b)
-        J_ref = torch.func.jacrev(f_s)(s0)[active_out][:, out.code_in.indices[b]]
-        if at == "reconstruction":
-            J_ref = J_ref * keep[:, None]
-        masked_rows += int((out.code_out.pre_values[b] <= 0).sum())
+            f_s = lambda s: _encode_dense(sae_out, _f(mlp, (s @ sae_in.W_dec + sae_in.b_dec)[None]))[0]  # noqa: E731
+            point = s0 @ sae_in.W_dec + sae_in.b_dec
+            torch.testing.assert_close(point, out.x_hat[b])
+        pre_out = _f(mlp, point[None])[0] @ sae_out.W_enc + sae_out.b_enc
+        rows = pre_out.topk(K).indices  # the output SAE's active set at the evaluation point
+        assert set(rows.tolist()) == set(out.jac_out.indices[b].tolist())
+        J_ref = torch.func.jacrev(f_s)(s0)[out.jac_out.indices[b]][:, out.code_in.indices[b]]
+        masked_rows += int((out.jac_out.pre_values[b] <= 0).sum())
         torch.testing.assert_close(out.J[b], J_ref, rtol=1e-9, atol=1e-11)
     assert masked_rows > 0, "the test should include output latents whose TopK value is not positive"
+    if at == "reconstruction":  # f(x̂) is not f(x): the output SAE's active sets differ somewhere
+        assert not torch.equal(out.jac_out.indices.sort(1).values, out.code_out.indices.sort(1).values)
 
 
 def _naive_abs_sum(U_T, Vs, slopes, idx_y, idx_x, mask_y):
@@ -105,24 +116,27 @@ def test_handwritten_backward_equals_autograd(gated):
 @pytest.mark.parametrize("activation,gated", [("gelu_tanh", False), ("silu", True)])
 @pytest.mark.parametrize("at", ["x", "reconstruction"])
 def test_penalty_gradient_wrt_the_sae_weights_equals_autograd(activation, gated, at):
-    """End to end: d Σ|J| / d(SAE weights) from pair_forward against an all-autograd reference
-    (dense TopK encoder, slopes at x or at x̂ through autograd, gather + einsum)."""
+    """End to end: d Σ|J| / d(SAE weights) from JSAE.forward (what training runs) against an
+    all-autograd reference (dense TopK encoder, the MLP's slopes at x or at x̂ through
+    autograd, the output SAE's active set at that point, gather + einsum)."""
     g = torch.Generator().manual_seed(5)
     mlp = _mlp(activation, gated, g)
     sae_in, sae_out = _pair(g)
     x = torch.randn(B, D, generator=g, dtype=torch.float64)
-    y = mlp.forward(x)
     params = [sae_in.W_enc, sae_in.b_enc, sae_in.W_dec, sae_in.b_dec, sae_out.W_enc, sae_out.b_enc]
-    out = pair_forward(sae_in, sae_out, mlp, x, y, with_jacobian=True, jacobian_at=at)
-    ours = torch.autograd.grad(out.jac_abs_sum, params, allow_unused=True)
+    out = _jsae(sae_in, sae_out, mlp, at)(x, jacobian="grad")
+    ours = torch.autograd.grad(out.jac_sum, params, allow_unused=True)
 
     x_hat = _encode_dense(sae_in, x) @ sae_in.W_dec + sae_in.b_dec
-    slopes = slopes_at(mlp, x_hat if at == "reconstruction" else x)
+    point = x_hat if at == "reconstruction" else x
+    slopes = mlp.slopes(point)
     U_T, Vs = jacobian_factors(sae_in, sae_out, mlp)
-    mask = _encode_dense(sae_out, y).gather(1, out.code_out.indices) > 0
-    ref = _naive_abs_sum(U_T, Vs, slopes, out.code_out.indices, out.code_in.indices, mask)
+    dense_out = _encode_dense(sae_out, _f(mlp, point.detach()))
+    rows = out.jac_out.indices
+    mask = dense_out.gather(1, rows) > 0
+    ref = _naive_abs_sum(U_T, Vs, slopes, rows, out.code_in.indices, mask)
     want = torch.autograd.grad(ref, params, allow_unused=True)
-    torch.testing.assert_close(out.jac_abs_sum, ref)
+    torch.testing.assert_close(out.jac_sum, ref)
     for p, got, exp in zip(params, ours, want):
         zero = torch.zeros_like(p)
         torch.testing.assert_close(zero if got is None else got, zero if exp is None else exp)
@@ -179,7 +193,7 @@ def test_gated_slopes_are_the_mlp_derivative():
     g = torch.Generator().manual_seed(3)
     mlp = _mlp("silu", True, g)
     x = torch.randn(D, generator=g, dtype=torch.float64)
-    a, c = slopes_at(mlp, x[None])
+    a, c = mlp.slopes(x[None])
     closed = mlp.W_out @ (a[0, :, None] * mlp.W_in + c[0, :, None] * mlp.W_gate)
     torch.testing.assert_close(closed, torch.func.jacrev(lambda v: mlp.forward(v[None])[0])(x))
 

@@ -199,7 +199,7 @@ def _root(
 
 def _register() -> None:
     # Each command module is imported here; heavy libraries are imported inside the commands.
-    from jsaectl.cli import compare, export, harvest, jacobian, maxact, train, verify
+    from jsaectl.cli import compare, export, harvest, import_pair, jacobian, maxact, train, verify
 
     app.command("harvest", help=harvest.__doc__)(harvest.harvest_cmd)
     app.command("train", help=train.__doc__)(train.train_cmd)
@@ -207,6 +207,7 @@ def _register() -> None:
     app.command("maxact", help=maxact.__doc__)(maxact.maxact_cmd)
     app.command("compare", help=compare.__doc__)(compare.compare_cmd)
     app.command("export", help=export.__doc__)(export.export_cmd)
+    app.command("import", help=import_pair.__doc__)(import_pair.import_cmd)
     app.command("verify", help=verify.__doc__)(verify.verify_cmd)
 
 

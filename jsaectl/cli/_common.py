@@ -139,6 +139,14 @@ def stores_from_args(args: list[str] | None) -> tuple[str, ...]:
     return tuple(lines)
 
 
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    """``"0.01,0.02"`` -> ``(0.01, 0.02)``, sorted (for --thresholds-like options)."""
+    try:
+        return tuple(sorted(float(p) for p in text.split(",") if p.strip()))
+    except ValueError:
+        raise ConfigError(f"{option} must be numbers separated by commas, not {text!r}") from None
+
+
 def emit(store: str, summary: dict[str, Any], as_json: bool) -> None:
     """The only thing a command writes to stdout."""
     sys.stdout.write((json.dumps(summary) if as_json else store) + "\n")

@@ -12,13 +12,12 @@ import csv
 import json
 import math
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from jsaectl.cli._common import out_console, stores_from_args, ConfigOpt, DeviceOpt, RichReporter, err
-from jsaectl.cli.jacobian import _floats
+from jsaectl.cli._common import out_console, parse_floats, stores_from_args, ConfigOpt, DeviceOpt, RichReporter, err
 from jsaectl.errors import ConfigError, JsaectlError
 from jsaectl.units import parse_count
 
@@ -50,16 +49,25 @@ def _cell(values: dict, key, fmt: str) -> str:
     return " / ".join(parts)
 
 
-def table(results, thresholds: tuple[float, ...]) -> Table:
+def _rows(cfg) -> list[tuple[str, Any, str | None]]:
+    """Every row of the table, in order: (label, key or keys, format; None: count (fraction))."""
+    rows = list(_ROWS)
+    for th in sorted(cfg.thresholds):
+        rows.append((f"|J| > {th:g} per token (of k²)", (f"j>{th:g}", f"j>{th:g}_frac"), None))
+    rows.append(("scale-free", None, None))
+    for m in sorted(cfg.normalised_thresholds):
+        rows.append((f"|J| > {m:g} × the token's rms |J|", (f"j>{m:g}rms", f"j>{m:g}rms_frac"), None))
+    rows.append(("entries holding 90% of Σ|J|", ("j_mass90", "j_mass90_frac"), None))
+    rows.append(("Gini coefficient of |J|", "j_gini", "{:.3f}"))
+    return rows
+
+
+def table(results, cfg) -> Table:
     t = Table(title="jsaectl compare", title_justify="left")
     t.add_column("metric")
     for r in results:
         t.add_column(r.name, justify="right")
-    rows = list(_ROWS)
-    for th in sorted(thresholds):
-        rows.append((f"|J| > {th:g} per token (of k²)", (f"j>{th:g}", f"j>{th:g}_frac"), None))
-    rows.append(("entries holding 90% of Σ|J| (scale-free)", ("j_mass90", "j_mass90_frac"), None))
-    for label, key, fmt in rows:
+    for label, key, fmt in _rows(cfg):
         if key is None:
             t.add_row(f"[bold]{label}[/]", *[""] * len(results))
         elif fmt is None:  # count (fraction)
@@ -68,6 +76,14 @@ def table(results, thresholds: tuple[float, ...]) -> Table:
             t.add_row(label, *[_cell(r.values, key, fmt) for r in results])
     t.add_row("tokens (reconstruction / CE)", *[f"{r.values['tokens']:,} / {int(r.values.get('eval_tokens', 0)):,}" for r in results])
     return t
+
+
+def csv_keys(results, cfg) -> list[str]:
+    """The metric columns of --csv: the table's order, then anything else, alphabetically."""
+    ordered = [k for _, key, _ in _rows(cfg) if key is not None for k in (key if isinstance(key, tuple) else (key,))]
+    ordered += ["tokens", "eval_tokens"]
+    rest = sorted({k for r in results for k in r.values} - set(ordered))
+    return [k for k in ordered if any(k in r.values for r in results)] + rest
 
 
 def plot(results, path: str) -> None:
@@ -102,6 +118,7 @@ def compare_cmd(
     tokens: Annotated[str, typer.Option("--tokens", "-n", help="Tokens for reconstruction and Jacobian sparsity.")] = "50k",
     eval_tokens: Annotated[str, typer.Option("--eval-tokens", help="Tokens for the CE/KL splice scores (0 skips loading the model).")] = "20k",
     thresholds: Annotated[str, typer.Option("--thresholds", help="|J| thresholds, comma-separated.")] = "0.005,0.01,0.015,0.02,0.04",
+    normalised_thresholds: Annotated[str, typer.Option("--normalised-thresholds", help="Scale-free rows: |J| above these multiples of each token's rms |J|, comma-separated.")] = "0.5,1,2,4",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Tokens per batch.")] = 1024,
     device: DeviceOpt = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON document.")] = False,
@@ -114,11 +131,12 @@ def compare_cmd(
     if json_out and csv_out:
         raise ConfigError("--json and --csv are exclusive")
     eval_n = 0 if eval_tokens.strip() == "0" else parse_count(eval_tokens, "--eval-tokens")
-    cuts = _floats(thresholds)
+    cuts = parse_floats(thresholds, "--thresholds")
     if plot_path and 0.01 not in cuts:  # the plot's y axis is the paper's |J| > 0.01
         cuts = (*cuts, 0.01)
     cfg = CompareConfig(stores=stores_from_args(stores), acts=acts, tokens=parse_count(tokens, "--tokens"), eval_tokens=eval_n,
-                        thresholds=cuts, batch_size=batch_size, device=device)
+                        thresholds=cuts, normalised_thresholds=parse_floats(normalised_thresholds, "--normalised-thresholds"),
+                        batch_size=batch_size, device=device)
     if plot_path:  # fail before minutes of work, not after
         try:
             import matplotlib  # noqa: F401
@@ -135,7 +153,7 @@ def compare_cmd(
         sys.stdout.write(json.dumps([{"store": r.store, "name": r.name, **r.info, **{k: clean(v) for k, v in r.values.items()}}
                                      for r in results]) + "\n")
     elif csv_out:
-        keys = sorted({k for r in results for k in r.values})
+        keys = csv_keys(results, cfg)
         writer = csv.writer(sys.stdout)
         writer.writerow(["store", "name", "lam", "k", "model", "layer", "random_init", *keys])
         for r in results:
@@ -143,4 +161,4 @@ def compare_cmd(
                              *[r.values.get(k, "") for k in keys]])
     else:
         # Piped, rich would squeeze the table into 80 columns; it only takes the width it needs.
-        out_console(width=None if sys.stdout.isatty() else 240).print(table(results, cfg.thresholds))
+        out_console(width=None if sys.stdout.isatty() else 240).print(table(results, cfg))

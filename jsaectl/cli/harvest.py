@@ -46,7 +46,8 @@ def harvest_cmd(
     model_dtype: Annotated[str, typer.Option("--model-dtype", help="Precision the model runs in: float32, bfloat16 or float16.")] = "float32",
     revision: Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) of the model.", show_default=False)] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow models that ship their own Python code. Off unless given.")] = False,
-    random_init: Annotated[bool, typer.Option("--random-init", help="Re-initialise the model with its own initialiser first (the trained-vs-random comparison).")] = False,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Re-initialise the model's weights at random first (the trained-vs-random comparison); see --init-scheme.")] = False,
+    init_scheme: Annotated[str, typer.Option("--init-scheme", help="How --random-init draws: tl (the paper's reference code, TransformerLens init_weights: N(0, 0.8/√d_model) weight matrices, trained biases and norms) or hf (the architecture's own initialiser).")] = "tl",
     seed: Annotated[int, typer.Option("--seed", help="Seed for --random-init.")] = 0,
     shard: Annotated[str, typer.Option("--shard", help="i/n: fill every n-th chunk starting at i, so n processes fill one store.")] = "0/1",
     out: OutOpt = None,
@@ -57,7 +58,7 @@ def harvest_cmd(
     from jsaectl.harvest import HarvestConfig, harvest
 
     cfg = HarvestConfig(
-        model=model, layer=layer, revision=revision, trust_remote_code=trust_remote_code, random_init=random_init,
+        model=model, layer=layer, revision=revision, trust_remote_code=trust_remote_code, random_init=random_init, init_scheme=init_scheme,
         seed=seed, model_dtype=model_dtype, dataset=dataset, split=split, subset=subset, text_column=text_column,
         tokens=parse_count(tokens, "--tokens"), context_size=context_size, bos=bos, dtype=dtype,
         with_output=with_output, compression=compression, allow_nonfinite=allow_nonfinite, batch_size=batch_size, device=device, out=out, overwrite=overwrite, shard=_shard(shard),

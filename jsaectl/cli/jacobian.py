@@ -16,31 +16,26 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from jsaectl.cli._common import ConfigOpt, DeviceOpt, JsonOpt, OutOpt, OverwriteOpt, RichReporter, emit, err, store_from_arg
-from jsaectl.errors import ConfigError
+from jsaectl.cli._common import parse_floats, ConfigOpt, DeviceOpt, JsonOpt, OutOpt, OverwriteOpt, RichReporter, emit, err, store_from_arg
 from jsaectl.units import parse_count
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise ConfigError(f"--thresholds must be numbers separated by commas, not {text!r}") from None
 
 
 def sparsity_table(result) -> Table:
     k2 = result.k**2
-    table = Table(title=f"Jacobian sparsity over {result.n_tokens:,} tokens (k = {result.k}: {k2} entries per token)",
-                  title_justify="left")
-    table.add_column("|J| >", justify="right")
-    table.add_column("entries per token", justify="right")
+    sp = result.sparsity
+    table = Table(title=f"Jacobian sparsity over {result.n_tokens:,} tokens (k = {result.k}: {k2} entries per token; "
+                  f"J at {result.details.get('jacobian_at', 'x')})", title_justify="left")
+    table.add_column("per token", justify="right")
+    table.add_column("entries", justify="right")
     table.add_column("of k²", justify="right")
-    for threshold, row in result.sparsity.items():
-        if threshold != "mass90":
-            table.add_row(threshold, f"{row['mean_count']:.1f}", f"{row['fraction']:.1%}")
-    if "mass90" in result.sparsity:
-        row = result.sparsity["mass90"]
-        table.add_row("90% of Σ|J| in", f"{row['mean_count']:.1f}", f"{row['fraction']:.1%}")
+    for threshold, row in sp["above"].items():
+        table.add_row(f"|J| > {threshold}", f"{row['mean_count']:.1f}", f"{row['fraction']:.1%}")
+    table.add_section()  # scale-free: unchanged when all of J just shrinks
+    for multiple, row in sp["above_rms"].items():
+        table.add_row(f"|J| > {multiple} × rms", f"{row['mean_count']:.1f}", f"{row['fraction']:.1%}")
+    table.add_row("90% of Σ|J| in", f"{sp['mass90']['mean_count']:.1f}", f"{sp['mass90']['fraction']:.1%}")
+    table.add_row("Gini of |J|", f"{sp['gini']:.3f}", "")
+    table.add_row("mean |J|", f"{sp['mean_abs']:.3g}", "")
     return table
 
 
@@ -91,7 +86,8 @@ def jacobian_cmd(
     jsae: Annotated[str | None, typer.Argument(help="JSAE store (path or URL); read from stdin when missing or -.", show_default=False)] = None,
     tokens: Annotated[str, typer.Option("--tokens", "-n", help="Tokens to analyse: the first N of the activations store.")] = "200k",
     acts: Annotated[str | None, typer.Option("--acts", help="Analyse this activations store (e.g. held-out text) instead of the one the JSAE was trained on.", show_default=False)] = None,
-    thresholds: Annotated[str, typer.Option("--thresholds", help="|J| thresholds of the sparsity summary, comma-separated.")] = "0.005,0.01,0.015,0.02,0.04",
+    thresholds: Annotated[str, typer.Option("--thresholds", help="|J| thresholds of the sparsity summary, comma-separated (the paper's: 0.005, 0.01, 0.015, 0.02; its Figure 1 counts them over k² with BOS left out, as jsaectl does).")] = "0.005,0.01,0.015,0.02,0.04",
+    normalised_thresholds: Annotated[str, typer.Option("--normalised-thresholds", help="Scale-free summary: count |J| above these multiples of each token's rms |J| (the reference's l2t norm), comma-separated.")] = "0.5,1,2,4",
     top: Annotated[int, typer.Option("--top", help="Connections shown in the table.")] = 20,
     input_latent: Annotated[int | None, typer.Option("--input-latent", help="Show only connections from this input latent (what does it compute?).", show_default=False)] = None,
     output_latent: Annotated[int | None, typer.Option("--output-latent", help="Show only connections into this output latent (what computes it?).", show_default=False)] = None,
@@ -111,7 +107,8 @@ def jacobian_cmd(
     from jsaectl.jacobian import JacobianConfig, jacobian
 
     cfg = JacobianConfig(
-        jsae=store_from_arg(jsae), acts=acts, tokens=parse_count(tokens, "--tokens"), thresholds=_floats(thresholds), top=top,
+        jsae=store_from_arg(jsae), acts=acts, tokens=parse_count(tokens, "--tokens"), thresholds=parse_floats(thresholds, "--thresholds"),
+        normalised_thresholds=parse_floats(normalised_thresholds, "--normalised-thresholds"), top=top,
         input_latent=input_latent, output_latent=output_latent,
         per_token=per_token, linearity=linearity, label_examples=label_examples, max_pairs=parse_count(max_pairs, "--max-pairs"),
         seed=seed, include_bos=include_bos, batch_size=batch_size, device=device, out=out, overwrite=overwrite,
