@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from jsaectl import store as st
+from jsaectl.configs import CompareConfig
 from jsaectl.errors import ConfigError, ModelError
 from jsaectl import sparsity
 from jsaectl.pair import LoadedJSAE, describe_site, site_of
@@ -37,37 +38,6 @@ from jsaectl.progress import SILENT, Reporter
 # Below this (nats per token) zero-ablating the MLP barely matters, and the CE score, a ratio
 # over that difference, is noise (a randomly initialised model's MLP can even hurt the loss).
 MIN_CE_GAP = 1e-3
-
-
-@dataclass
-class CompareConfig:
-    stores: tuple[str, ...] = ()
-    """jsae stores, or jacobian stores made from them."""
-    acts: str | None = None
-    """Evaluate on this activations store (held-out text). None: each run's own."""
-    tokens: int = 50_000
-    """Tokens for reconstruction and Jacobian sparsity (the first ones of the store)."""
-    eval_tokens: int = 20_000
-    """Tokens (whole contexts) for the CE and KL scores; 0 skips them."""
-    thresholds: tuple[float, ...] = sparsity.THRESHOLDS
-    """|J| thresholds of the sparsity rows."""
-    normalised_thresholds: tuple[float, ...] = sparsity.NORMALISED_THRESHOLDS
-    """Multiples of each token's rms |J| of the scale-free sparsity rows."""
-    batch_size: int = 1024
-    """Tokens per batch."""
-    device: str = "auto"
-    """auto, cpu, cuda, cuda:N or mps."""
-
-    def validate(self) -> None:
-        from dataclasses import asdict
-
-        st.check_options_finite(asdict(self))
-        if self.tokens <= 0 or self.batch_size <= 0 or self.eval_tokens < 0:
-            raise ConfigError("--tokens and --batch-size must be positive, --eval-tokens >= 0")
-        for name in ("thresholds", "normalised_thresholds"):
-            values = getattr(self, name)
-            if not values or any(t <= 0 for t in values):
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive numbers, not {values}")
 
 
 @dataclass
@@ -266,7 +236,6 @@ def compare(cfg: CompareConfig, reporter: Reporter = SILENT) -> tuple[list[RunMe
     """Metrics per run (in the order given) and notes for the reader."""
     from jsaectl.models import pick_device
 
-    cfg.validate()
     device = pick_device(cfg.device)
     urls = resolve_runs(cfg.stores)
     runs = [LoadedJSAE.open(u, acts=cfg.acts, device=device) for u in urls]

@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from jsaectl.configs import BUNDLED_CORPUS, BUNDLED_HELDOUT
 from jsaectl.errors import DataError
 
-BUNDLED_CORPUS = "jsaectl-sample"  # the default --dataset: assets/corpus/sample.jsonl
-BUNDLED_HELDOUT = "jsaectl-heldout"  # held-out documents of the same sources: assets/corpus/heldout.jsonl
 _TEXT_SUFFIXES = (".txt", ".text", ".md")
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 _PARQUET_SUFFIXES = (".parquet",)

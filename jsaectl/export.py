@@ -36,15 +36,13 @@ import torch
 
 from jsaectl import __version__
 from jsaectl import store as st
+from jsaectl.configs import CONNECTION_FORMATS, FORMATS, WEIGHT_FORMATS, ExportConfig  # noqa: F401
 from jsaectl.errors import ConfigError, StoreError
 from jsaectl.acts import Activations
 from jsaectl.jsae import JSAE
 from jsaectl.pair import load_jsae
 from jsaectl.sae import TopKSAE
 
-WEIGHT_FORMATS = ("saelens", "sparsify", "jsae-pair")
-CONNECTION_FORMATS = ("connections-csv", "connections-jsonl")
-FORMATS = WEIGHT_FORMATS + CONNECTION_FORMATS
 
 CONNECTION_COLUMNS = ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean", "input_label", "output_label")
 _NUMERIC = CONNECTION_COLUMNS[:7]
@@ -62,32 +60,6 @@ _ROWS_PER_BLOCK = 1 << 16
 
 
 @dataclass
-class ExportConfig:
-    store: str = ""
-    """jsae store (weight formats) or jacobian store (connection formats; for weight formats
-    it stands for the JSAE it was made from)."""
-    format: str = ""
-    """One of FORMATS."""
-    out: str = ""
-    """Directory to write (a local path). Created if missing."""
-    top: int | None = None
-    """Connection formats only: write the strongest N connections (None: all)."""
-    overwrite: bool = False
-    """Write into a non-empty ``out``, replacing only the files and folders this format writes."""
-
-    def validate(self) -> None:
-        if self.format not in FORMATS:
-            raise ConfigError(f"unknown export format {self.format!r}", hint="choose one of: " + ", ".join(FORMATS))
-        if not self.out:
-            raise ConfigError("no output directory given", hint="pass --out DIR")
-        if self.top is not None and self.format not in CONNECTION_FORMATS:
-            raise ConfigError(f"--top applies to {' and '.join(CONNECTION_FORMATS)} only, not {self.format}",
-                              hint="drop --top: weight formats always hold every latent")
-        if self.top is not None and self.top <= 0:
-            raise ConfigError(f"--top must be positive, not {self.top}", hint="leave it out to write every connection")
-
-
-@dataclass
 class ExportResult:
     out: str
     """Absolute path of the export directory."""
@@ -102,7 +74,6 @@ class ExportResult:
 def export(cfg: ExportConfig) -> ExportResult:
     """Write ``cfg.store`` in ``cfg.format`` to ``cfg.out``. Every refusal (bad format, wrong
     store kind, non-empty ``out``) happens before anything is written."""
-    cfg.validate()
     source = _open_source(cfg.store, cfg.format)
     out = _check_out(cfg.out, cfg.overwrite)
     st.check_alias(out, [cfg.store, source.url])

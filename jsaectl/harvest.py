@@ -9,15 +9,13 @@ killed at any moment redoes at most the chunks it had in flight.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
@@ -26,12 +24,11 @@ import torch
 
 from jsaectl import store as st
 from jsaectl.acts import write_mlp
-from jsaectl.data import BUNDLED_CORPUS, describe_source, iter_contexts, open_source
+from jsaectl.data import describe_source, iter_contexts, open_source
 from jsaectl.errors import ConfigError, DataError
+from jsaectl.configs import HarvestConfig
+from jsaectl.options import identity
 from jsaectl.models import (
-    BUNDLED_DEFAULT_LAYER,
-    BUNDLED_MODEL,
-    INIT_SCHEMES,
     LoadedModel,
     MLPSite,
     MLPTap,
@@ -44,98 +41,6 @@ from jsaectl.progress import SILENT, Reporter
 from jsaectl.text import pack, token_bytes
 from jsaectl.units import format_count
 
-STORE_DTYPES = ("float16", "float32", "bfloat16")
-
-
-@dataclass
-class HarvestConfig:
-    model: str = BUNDLED_MODEL
-    """Hugging Face Hub id, local save_pretrained() directory, or jsaectl-demo (bundled)."""
-    layer: int | None = None
-    """Which layer's MLP (0-based). Defaults to the bundled model's documented layer."""
-    revision: str | None = None
-    """Hub revision (branch, tag or commit) of the model."""
-    trust_remote_code: bool = False
-    """Allow models that ship their own Python code (off unless asked for)."""
-    random_init: bool = False
-    """Re-initialise the model's weights at random (the trained-vs-random comparison)."""
-    init_scheme: str = "tl"
-    """How --random-init draws: tl (the reference code's TransformerLens init_weights:
-    N(0, 0.8/√d_model) weight matrices, trained biases and norms) or hf (the architecture's own
-    Hugging Face initialiser)."""
-    seed: int = 0
-    """Seed of --random-init."""
-    model_dtype: str = "float32"
-    """Precision the model runs in."""
-    dataset: str | None = None
-    """Text: Hub dataset id, .txt/.jsonl/.parquet file or folder, or - for stdin. None: bundled corpus."""
-    split: str = "train"
-    """Split of a Hub dataset."""
-    subset: str | None = None
-    """Configuration (subset) of a Hub dataset, e.g. 'en' for allenai/c4."""
-    text_column: str = "text"
-    """Column holding the text in .jsonl/.parquet files and Hub datasets."""
-    tokens: int = 1_000_000
-    """Number of tokens to harvest (rounded up to whole contexts)."""
-    context_size: int = 256
-    """Tokens per context, BOS included."""
-    bos: bool = True
-    """Start each context with the tokenizer's BOS token (when it has one)."""
-    dtype: str = "float16"
-    """Storage precision of x and y."""
-    with_output: bool = False
-    """Also store the MLP output y (train recomputes it from the stored weights otherwise)."""
-    allow_nonfinite: bool = False
-    """Store a non-finite activation (NaN, inf, or a float16 overflow) as 0 and count it in the
-    attrs, instead of stopping with an error naming its rows."""
-    compression: str = "zstd"
-    """How chunks of x and y are stored: zstd or none (both checksummed)."""
-    # --- how to run: not part of what the store holds, free to change on resume
-    batch_size: int = 16
-    """Contexts per forward pass."""
-    device: str = "auto"
-    """auto, cpu, cuda, cuda:N or mps."""
-    out: str | None = None
-    """Output store (path or fsspec URL). Default: runs/<model>-L<layer>-<tokens>-<hash>.zarr."""
-    overwrite: bool = False
-    """Replace an existing store made with a different config."""
-    shard: tuple[int, int] = (0, 1)
-    """(i, n): this process fills every n-th chunk starting at i."""
-
-    _RUNTIME = ("batch_size", "device", "out", "overwrite", "shard")
-
-    def __post_init__(self) -> None:
-        st.check_options_finite(asdict(self))
-        if self.dataset is None:
-            self.dataset = BUNDLED_CORPUS
-        if self.layer is not None and self.layer < 0:
-            raise ConfigError(f"--layer must be >= 0, not {self.layer}", hint="layers count from 0")
-        if self.tokens <= 0:
-            raise ConfigError(f"--tokens must be positive, not {self.tokens}", hint="e.g. --tokens 2M")
-        if self.context_size < 2:
-            raise ConfigError(f"--context-size must be at least 2, not {self.context_size}", hint="the default is 256")
-        if self.batch_size <= 0:
-            raise ConfigError(f"--batch-size must be positive, not {self.batch_size}", hint="contexts per forward pass, e.g. 16")
-        if self.dtype not in STORE_DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, not {self.dtype!r}", hint="float16 is the default")
-        if self.init_scheme not in INIT_SCHEMES:
-            raise ConfigError(f"--init-scheme must be one of {', '.join(INIT_SCHEMES)}, not {self.init_scheme!r}")
-        if self.compression not in st.COMPRESSIONS:
-            raise ConfigError(f"--compression must be one of {', '.join(st.COMPRESSIONS)}, not {self.compression!r}")
-        if self.model_dtype not in STORE_DTYPES:
-            raise ConfigError(f"--model-dtype must be one of {', '.join(STORE_DTYPES)}, not {self.model_dtype!r}", hint="float32 is the default")
-        i, n = self.shard
-        if not (n >= 1 and 0 <= i < n):
-            raise ConfigError(f"--shard must be i/n with 0 <= i < n, not {i}/{n}", hint="e.g. --shard 0/4 ... --shard 3/4")
-        if n > 1 and self.overwrite:
-            raise ConfigError("--overwrite cannot be combined with --shard (each shard would wipe the others' work)",
-                              hint="delete the store once, then start the shards")
-        if n > 1 and self.dataset == "-":
-            raise ConfigError("--shard cannot read text from stdin", hint="shards need a file, folder or Hub dataset they can each read")
-
-    def identity(self) -> dict[str, Any]:
-        """The options that define the store's content (compared when resuming)."""
-        return {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
 
 
 @dataclass
@@ -154,16 +59,10 @@ class HarvestResult:
                 "tokens_per_second": round(self.tokens_per_second, 1), "complete": self.complete}
 
 
-def default_layer(model: str) -> int | None:
-    """The documented default layer of the bundled model; other models need --layer."""
-    return BUNDLED_DEFAULT_LAYER if model == BUNDLED_MODEL else None
-
-
 def default_out(cfg: HarvestConfig) -> str:
-    digest = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:8]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(cfg.model.rstrip("/")) or "model").strip("-")
     random = "-random" if cfg.random_init else ""
-    return os.path.join("runs", f"{slug}{random}-L{cfg.layer}-{format_count(cfg.tokens)}-{digest}.zarr")
+    return st.default_url(f"{slug}{random}-L{cfg.layer}-{format_count(cfg.tokens)}", identity(cfg))
 
 
 def _chunk_contexts(context_bytes: int) -> int:
@@ -316,14 +215,11 @@ def _load(cfg: HarvestConfig, reporter: Reporter) -> tuple[LoadedModel, MLPSite,
 
 
 def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
-    if cfg.layer is None:
-        cfg.layer = default_layer(cfg.model)
-        if cfg.layer is None:
-            raise ConfigError(f"--layer is required for {cfg.model}", hint="e.g. --layer 3 (0-based)")
+    cfg = cfg.resolved()
     url = st.resolve_url(cfg.out or default_out(cfg))
     shard = cfg.shard if cfg.shard[1] > 1 else None
     # A conflicting --out is refused now, not after minutes of model loading.
-    existing = st.check_writable(url, "activations", cfg.identity(), overwrite=cfg.overwrite, shard=shard)
+    existing = st.check_writable(url, "activations", identity(cfg), overwrite=cfg.overwrite, shard=shard)
     if existing is not None and existing.get("complete"):
         reporter.note(f"{url} is already complete ({format_count(existing['n_tokens'])} tokens); nothing to do")
         return HarvestResult(url, existing["n_tokens"], existing["d_model"], 0.0, True, already_complete=True)
@@ -345,7 +241,7 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
     reporter.note(f"{site.family} layer {cfg.layer}/{site.n_layers}: {site.description}; d_model={site.weights.d_model}, "
                   f"d_mlp={site.weights.d_mlp}; MLP recomputed from stored weights to {rel_err:.1e}")
 
-    with st.writing(url, "activations", cfg.identity(), overwrite=cfg.overwrite, shard=shard) as (store, resumed):
+    with st.writing(url, "activations", identity(cfg), overwrite=cfg.overwrite, shard=shard) as (store, resumed):
         # The progress array is created last, so its presence means everything else exists. Then
         # the big arrays are not touched again: a run killed after _finalize trimmed them (and
         # before it marked the store complete) would otherwise find them the wrong size. The

@@ -24,8 +24,9 @@ import torch
 
 from jsaectl import store as st
 from jsaectl.acts import Activations
+from jsaectl.configs import ImportConfig
 from jsaectl.errors import ConfigError
-from jsaectl.jsae import JACOBIAN_AT, JSAE
+from jsaectl.jsae import JSAE
 from jsaectl.pair import SAE_PARAMS, save_jsae
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.sae import TopKSAE
@@ -36,29 +37,6 @@ _HOOK_IN = re.compile(r"^blocks\.(\d+)\.(ln2\.hook_normalized|mlp\.hook_in)$")
 # The MLP weights of a training pair must equal the activations store's to this tolerance
 # (the same float32 weights, transposed: they are compared exactly in practice).
 _MLP_TOL = {"rtol": 1e-5, "atol": 1e-7}
-
-
-@dataclass
-class ImportConfig:
-    pair: str = ""
-    """Folder with the pair's cfg.json and sae_weights.safetensors."""
-    acts: str = ""
-    """Activations store of the model and layer the pair was trained on."""
-    jacobian_at: str | None = None
-    """Where analyses evaluate J. None: what the pair's own config says, else x (the reference trains at x)."""
-    out: str | None = None
-    """Output jsae store. Default: runs/jsae-imported-<pair folder>-<hash>.zarr."""
-    overwrite: bool = False
-    """Replace an existing store at out."""
-
-    def validate(self) -> None:
-        if not self.pair:
-            raise ConfigError("no pair folder given", hint="jsaectl import PAIR_DIR --acts ACTS")
-        if not self.acts:
-            raise ConfigError("--acts is required: the activations store of the model and layer the pair was trained on",
-                              hint="harvest them with `jsaectl harvest MODEL --layer L`")
-        if self.jacobian_at is not None and self.jacobian_at not in JACOBIAN_AT:
-            raise ConfigError(f"--jacobian-at must be x or reconstruction, not {self.jacobian_at!r}")
 
 
 @dataclass
@@ -164,7 +142,6 @@ def default_out(cfg: ImportConfig, digest: str) -> str:
 
 
 def import_pair(cfg: ImportConfig, reporter: Reporter = SILENT) -> ImportResult:
-    cfg.validate()
     pair_cfg, tensors, digest = read_pair(cfg.pair)
     acts = Activations.open(cfg.acts)
     k, layer = _check(pair_cfg, tensors, acts, cfg.pair)

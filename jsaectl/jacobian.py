@@ -21,10 +21,7 @@ the sums spill to disk in hash partitions, reduced one partition at a time at th
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,7 +31,9 @@ import numpy as np
 import torch
 
 from jsaectl import store as st
+from jsaectl.configs import JacobianConfig
 from jsaectl.errors import ConfigError
+from jsaectl.options import identity
 from jsaectl import sparsity
 from jsaectl.pair import LoadedJSAE
 from jsaectl.text import label
@@ -43,58 +42,6 @@ from jsaectl.topk import TopExamples
 from jsaectl.units import format_count
 
 HIST_EDGES = np.logspace(-6, 2, 33)  # 4 bins a decade from 1e-6 to 1e2; |J| outside goes to the end bins
-
-
-@dataclass
-class JacobianConfig:
-    jsae: str = ""
-    """JSAE store written by train."""
-    acts: str | None = None
-    """Analyse another activations store (held-out data) instead of the JSAE's own."""
-    tokens: int = 200_000
-    """Tokens to analyse (the first ones of the activations store)."""
-    thresholds: tuple[float, ...] = sparsity.THRESHOLDS
-    """|J| thresholds of the sparsity summary."""
-    normalised_thresholds: tuple[float, ...] = sparsity.NORMALISED_THRESHOLDS
-    """Multiples of each token's rms |J| counted as the scale-free sparsity summary."""
-    top: int = 20
-    """Connections shown in the table."""
-    per_token: bool = False
-    """Also store every token's J with its index arrays."""
-    linearity: int = 0
-    """Sample this many active pairs for the linearity and ablation checks (0: skip)."""
-    label_examples: int = 20
-    """Top activations per latent kept for its label."""
-    max_pairs: int = 4_000_000
-    """Pairs held in memory before spilling to disk (~40 bytes each), and the most stored."""
-    seed: int = 0
-    """Seed of the linearity sample."""
-    include_bos: bool = False
-    """Analyse the BOS token at the start of each context too (skipped by default)."""
-    input_latent: int | None = None
-    """Show only the connections from this input latent."""
-    output_latent: int | None = None
-    """Show only the connections into this output latent."""
-    # --- how to run
-    batch_size: int = 1024
-    """Tokens per batch."""
-    device: str = "auto"
-    out: str | None = None
-    overwrite: bool = False
-
-    _RUNTIME = ("batch_size", "device", "out", "overwrite", "top", "input_latent", "output_latent")
-
-    def validate(self) -> None:
-        st.check_options_finite(asdict(self))
-        if self.tokens <= 0 or self.batch_size <= 0 or self.top < 0 or self.linearity < 0 or self.max_pairs <= 0:
-            raise ConfigError("--tokens, --batch-size and --max-pairs must be positive; --top and --linearity >= 0")
-        for name in ("thresholds", "normalised_thresholds"):
-            values = getattr(self, name)
-            if not values or any(t <= 0 for t in values):
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive numbers, not {values}")
-
-    def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
 
 
 @dataclass
@@ -199,24 +146,21 @@ class _PairAccumulator:
 
 
 def default_out(cfg: JacobianConfig) -> str:
-    digest = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:8]
-    base = re.sub(r"\.zarr$", "", os.path.basename(cfg.jsae.rstrip("/"))) or "jsae"
-    return os.path.join("runs", f"jacobian-{base}-{format_count(cfg.tokens)}-{digest}.zarr")
+    return st.default_url(f"jacobian-{st.stem(cfg.jsae, 'jsae')}-{format_count(cfg.tokens)}", identity(cfg))
 
 
 def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult:
     from jsaectl.models import pick_device
 
-    cfg.validate()
     model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
     scanned = min(cfg.tokens, model.acts.n_tokens)  # rows read; BOS rows among them are skipped
     url = st.resolve_url(cfg.out or default_out(cfg))
     reads = [model.store.url, model.acts.url]
-    existing = st.check_writable(url, "jacobian", cfg.identity(), overwrite=cfg.overwrite, reads=reads)
+    existing = st.check_writable(url, "jacobian", identity(cfg), overwrite=cfg.overwrite, reads=reads)
     if existing is not None and existing.get("complete"):
         reporter.note(f"{url} is already complete; showing it")
         return load_result(url, cfg.top, cfg.input_latent, cfg.output_latent)
-    with st.writing(url, "jacobian", cfg.identity(), overwrite=cfg.overwrite, reads=reads) as (store, _):
+    with st.writing(url, "jacobian", identity(cfg), overwrite=cfg.overwrite, reads=reads) as (store, _):
         _analyse(cfg, model, scanned, store, reporter)
     return load_result(url, cfg.top, cfg.input_latent, cfg.output_latent)
 

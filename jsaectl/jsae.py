@@ -41,6 +41,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from jsaectl.configs import JACOBIAN_AT
 from jsaectl.mlp import MLPWeights
 from jsaectl.sae import Encoded, TopKSAE
 
@@ -140,7 +141,6 @@ def jacobian_l1(U_T: Tensor, Vs: Sequence[Tensor], slopes: Sequence[Tensor], idx
                                  *(V.to(dtype) for V in Vs), *(s.to(dtype) for s in slopes))
 
 
-JACOBIAN_AT = ("x", "reconstruction")
 # What a forward computes of the Jacobian: nothing, the output SAE's code at the evaluation
 # point (the rows J would have), J without gradient, or J with the penalty's gradient.
 JACOBIAN_MODES = ("off", "codes", "value", "grad")

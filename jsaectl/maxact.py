@@ -20,65 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from jsaectl.errors import ConfigError
+from jsaectl.configs import MaxactConfig
 from jsaectl.pair import Batch, LoadedJSAE
 from jsaectl.sae import Encoded
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.topk import TopExamples
 
-SIDES = ("in", "out")
-RANK_BY = ("jacobian", "product")
-
-
-@dataclass
-class MaxactConfig:
-    jsae: str = ""
-    """JSAE store written by train."""
-    side: str = "in"
-    """Which SAE the latents belong to: in (MLP input) or out (MLP output)."""
-    latents: tuple[int, ...] = ()
-    """Latent ids to show."""
-    connection: tuple[int, int] | None = None
-    """(input latent, output latent) to show where both fire."""
-    top_latents: int = 0
-    """Show the N latents with the largest total activation."""
-    rank_by: str = "jacobian"
-    """Connection examples ranked by |J| or by the product of the activations."""
-    examples: int = 10
-    """Examples per latent."""
-    context: int = 8
-    """Tokens shown on each side of an example (within its context)."""
-    tokens: int | None = None
-    """Tokens to scan (the first N of the store). None: all."""
-    acts: str | None = None
-    """Scan this activations store instead of the JSAE's own."""
-    include_bos: bool = False
-    """Consider the BOS token at the start of each context too (skipped by default)."""
-    batch_size: int = 4096
-    device: str = "auto"
-
-    def validate(self, n_latents: int) -> None:
-        from dataclasses import asdict
-
-        from jsaectl.store import check_options_finite
-
-        check_options_finite(asdict(self))
-        modes = bool(self.latents) + (self.connection is not None) + (self.top_latents > 0)
-        if modes != 1:
-            raise ConfigError("give exactly one of --latent, --connection or --top-latents",
-                              hint="e.g. --side out --latent 123, --connection 45:123, or --top-latents 5")
-        if self.side not in SIDES:
-            raise ConfigError(f"--side must be in or out, not {self.side!r}")
-        if self.rank_by not in RANK_BY:
-            raise ConfigError(f"--rank-by must be jacobian or product, not {self.rank_by!r}")
-        ids = list(self.latents) + (list(self.connection) if self.connection else [])
-        bad = [i for i in ids if not 0 <= i < n_latents]
-        if bad:
-            raise ConfigError(f"latent id {bad[0]} is out of range: the SAEs have {n_latents} latents (0–{n_latents - 1})")
-        if self.examples <= 0 or self.context < 0 or self.batch_size <= 0 or (self.tokens is not None and self.tokens <= 0):
-            raise ConfigError("--examples, --batch-size and --tokens must be positive, --context >= 0")
-        if self.top_latents > n_latents:
-            raise ConfigError(f"--top-latents {self.top_latents} is more than the {n_latents} latents")
 
 
 @dataclass
@@ -149,7 +96,7 @@ def maxact(cfg: MaxactConfig, reporter: Reporter = SILENT) -> MaxactResult:
     from jsaectl.models import pick_device
 
     model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
-    cfg.validate(model.n_latents)
+    cfg.check_latents(model.n_latents)
     n_tokens = min(cfg.tokens or model.acts.n_tokens, model.acts.n_tokens)
     began = time.perf_counter()
     if cfg.connection is not None:

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from jsaectl.configs import BUNDLED_MODEL, INIT_SCHEMES
 from jsaectl.errors import ModelError
 from jsaectl.mlp import ACTIVATIONS, MLPWeights, get_activation, identify_activation
 
@@ -40,9 +41,6 @@ _ACT_CONFIG_KEYS = ("hidden_act", "activation_function", "hidden_activation", "a
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-# The tiny English/German GPT-NeoX model shipped in jsaectl/assets/model (see its MODEL_CARD.md).
-BUNDLED_MODEL = "jsaectl-demo"
-BUNDLED_DEFAULT_LAYER = 2  # the middle of its 4 layers
 
 
 def bundled_model_path() -> str:
@@ -216,7 +214,6 @@ def load_model(
 #       whose embedding and unembedding are one tensor, such as GPT-2, draws it once.)
 #   hf: the architecture's own Hugging Face initialiser (`from_config`), e.g. GPT-2's N(0, 0.02)
 #       with zero biases and unit norm gains: a much smaller MLP output.
-INIT_SCHEMES = ("tl", "hf")
 
 
 def _transformer_lens_init(model: nn.Module, seed: int) -> None:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import torch
 
+from jsaectl.configs import NORMALISED_THRESHOLDS, THRESHOLDS
+
 Tensor = torch.Tensor
 
-THRESHOLDS = (0.005, 0.01, 0.015, 0.02, 0.04)  # the paper's |J| thresholds
 HEADLINE = 0.01  # the paper's headline threshold for "a non-zero Jacobian entry"
-NORMALISED_THRESHOLDS = (0.5, 1.0, 2.0, 4.0)  # multiples of the token's rms |J|
 MASS_SHARE = 0.9
 
 

@@ -36,6 +36,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from jsaectl import __version__
 from jsaectl import lock as locks
 from jsaectl.checked import CheckedStore, base_store
+from jsaectl.configs import COMPRESSIONS  # noqa: F401  (re-exported: the store's codecs)
 from jsaectl.errors import JsaectlWarning, StoreError
 
 FORMAT = 2
@@ -43,7 +44,6 @@ READABLE_FORMATS = (1, 2)
 KINDS = ("activations", "jsae", "jacobian")
 # Chunks along the token axis are at least this large (zarr's own advice: >= 1 MB).
 MIN_CHUNK_BYTES = 1 << 20
-COMPRESSIONS = ("zstd", "none")
 
 _PRODUCERS = {"activations": "jsaectl harvest", "jsae": "jsaectl train", "jacobian": "jsaectl jacobian"}
 # What a complete store of each kind must hold (checked when it is opened, so a deleted array
@@ -305,6 +305,22 @@ def write_array(group: zarr.Group, name: str, array: Any, **kwargs: Any) -> zarr
 
 # --------------------------------------------------------------------------------------------
 # Output stores: where they may go, who may write them
+
+
+def default_url(stem: str, config: dict[str, Any]) -> str:
+    """``runs/<stem>-<hash of the config>.zarr``: every stage's default --out, so that a re-run
+    with the same config finds its store and another config gets its own."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(_jsonable(config), sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join("runs", f"{stem}-{digest}.zarr")
+
+
+def stem(url: str, fallback: str) -> str:
+    """A store's name without ``.zarr``, for naming what is made from it."""
+    import re
+
+    return re.sub(r"\.zarr$", "", os.path.basename(url.rstrip("/"))) or fallback
 
 
 def _check_creatable(url: str) -> None:

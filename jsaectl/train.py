@@ -16,13 +16,10 @@ data (see stream.py) and rank 0 writes the store.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
-import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -32,139 +29,17 @@ from torch import nn
 
 from jsaectl import store as st
 from jsaectl.acts import Activations
+from jsaectl.configs import TrainConfig
 from jsaectl.errors import ConfigError, StoreError, TrainingError
+from jsaectl.options import identity, runtime
 from jsaectl import sparsity
-from jsaectl.jsae import JACOBIAN_AT, JSAE, JSAEOutput
+from jsaectl.jsae import JSAE, JSAEOutput
 from jsaectl.pair import save_jsae
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.sae import TopKSAE
 from jsaectl.stream import BatchStream
 from jsaectl.units import format_count
 
-
-
-@dataclass
-class TrainConfig:
-    acts: str = ""
-    """Activations store written by harvest."""
-    expansion: int = 32
-    """Latents per SAE = expansion × d_model (ignored when latents is set)."""
-    latents: int | None = None
-    """Latents per SAE."""
-    k: int = 32
-    """Active latents per token in each SAE (TopK)."""
-    lam: float | None = None
-    """Jacobian penalty λ. None: 0.5·k²/d_model, the reference code's rule of thumb
-    (1.0 for Pythia-70m's d_model=512, k=32, where the paper used 1)."""
-    lam_warmup: float = 0.05
-    """Fraction of the steps over which λ ramps up from 0."""
-    lr: float = 5e-4
-    """Adam learning rate."""
-    lr_warmup: float = 0.01
-    """Fraction of the steps of linear learning-rate warm-up."""
-    lr_decay: float = 0.2
-    """Fraction of the steps, at the end, of linear decay to 0."""
-    batch_size: int = 4096
-    """Tokens per optimiser step (over all processes)."""
-    tokens: int | None = None
-    """Tokens to train on. None: one pass over the store."""
-    seed: int = 42
-    """Seed of the initialisation and of the data order."""
-    jacobian_at: str = "x"
-    """Where the MLP slopes are taken: the true input x (the reference code) or its
-    reconstruction x̂ (the paper's text)."""
-    auxk: float = 0.0
-    """Coefficient of the AuxK dead-latent loss (0: off, as in the paper; 1/32 in Gao et al.)."""
-    auxk_k: int | None = None
-    """Dead latents used by AuxK. None: d_model // 2."""
-    dead_tokens: int = 1_000_000
-    """A latent is dead when it has not fired in this many tokens (or ever)."""
-    grad_clip: float = 1.0
-    """Gradient-norm clip."""
-    buffer_tokens: int = 32 * 4096
-    """Shuffle buffer: rows read and shuffled together (per process)."""
-    data_lanes: int | None = None
-    """Lanes of the data order (see stream.py). None: the number of processes."""
-    include_bos: bool = False
-    """Train on the BOS token at the start of each context too (skipped by default)."""
-    autocast: bool | None = None
-    """bfloat16 autocast of the SAE matmuls. None: on for CUDA, off otherwise."""
-    # --- how to run: free to change on resume
-    device: str = "auto"
-    """auto, cpu, cuda, cuda:N or mps (under torchrun: the local rank's GPU)."""
-    checkpoint_every: int = 500
-    """Steps between checkpoints (0: only at the end)."""
-    log_every: int = 10
-    """Steps between metric records in history/."""
-    out: str | None = None
-    """Output store. Default: runs/jsae-<acts>-k<k>-lam<λ>-<hash>.zarr."""
-    overwrite: bool = False
-    """Replace an existing store at out."""
-    resume: bool = False
-    """Continue the interrupted run in out."""
-    keep_checkpoint: bool = False
-    """Keep the last checkpoint (optimiser state) in the store after training."""
-
-    _RUNTIME = ("device", "checkpoint_every", "log_every", "out", "overwrite", "resume", "keep_checkpoint")
-
-    def validate(self) -> None:
-        st.check_options_finite(asdict(self))
-        if self.k <= 0:
-            raise ConfigError(f"--k must be positive, not {self.k}")
-        if self.expansion <= 0:
-            raise ConfigError(f"--expansion must be positive, not {self.expansion}")
-        if self.latents is not None and self.k > self.latents:
-            raise ConfigError(f"--k {self.k} is more than --latents {self.latents}", hint="k active latents need at least k latents")
-        if self.lam is not None and not self.lam >= 0:
-            raise ConfigError(f"--lam must be >= 0, not {self.lam}")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, not {self.lr}")
-        if self.batch_size <= 0:
-            raise ConfigError(f"--batch-size must be positive, not {self.batch_size}")
-        if self.tokens is not None and self.tokens <= 0:
-            raise ConfigError(f"--tokens must be positive, not {self.tokens}")
-        for name in ("lam_warmup", "lr_warmup", "lr_decay"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a fraction between 0 and 1")
-        if self.lr_warmup + self.lr_decay > 1:
-            raise ConfigError("--lr-warmup and --lr-decay together exceed all the steps")
-        if self.jacobian_at not in JACOBIAN_AT:
-            raise ConfigError(f"--jacobian-at must be x or reconstruction, not {self.jacobian_at!r}")
-        if self.auxk < 0:
-            raise ConfigError(f"--auxk must be >= 0, not {self.auxk}")
-        if self.checkpoint_every < 0 or self.log_every <= 0:
-            raise ConfigError("--checkpoint-every must be >= 0 and --log-every positive")
-        if self.grad_clip < 0:
-            raise ConfigError(f"--grad-clip must be >= 0 (0: no clipping), not {self.grad_clip}")
-        for name in ("data_lanes", "auxk_k", "buffer_tokens", "dead_tokens"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {value}")
-
-    def resolve(self, d_model: int, n_tokens: int, world: int) -> None:
-        """Fill the defaults that depend on the store and the number of processes."""
-        if self.latents is None:
-            self.latents = self.expansion * d_model
-        if self.k > self.latents:
-            raise ConfigError(f"--k {self.k} is more than the {self.latents} latents", hint="lower --k or raise --expansion")
-        if self.lam is None:
-            self.lam = round(0.5 * self.k**2 / d_model, 6)
-        if self.tokens is None:  # one pass
-            self.tokens = max(self.batch_size, n_tokens - n_tokens % self.batch_size)
-        if self.auxk_k is None:
-            self.auxk_k = max(1, d_model // 2)
-        if self.data_lanes is None:
-            self.data_lanes = world
-        if self.data_lanes % world or self.batch_size % self.data_lanes:
-            raise ConfigError(f"--batch-size {self.batch_size} must split evenly over {self.data_lanes} data lanes, "
-                              f"and the lanes over {world} processes")
-
-    def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
-
-    @property
-    def n_steps(self) -> int:
-        return max(1, self.tokens // self.batch_size)
 
 
 @dataclass
@@ -286,9 +161,7 @@ HISTORY_KEYS = ("step", "tokens", "lr", "lam", "loss", "mse_in", "mse_out", "jac
 
 
 def default_out(cfg: TrainConfig) -> str:
-    digest = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:8]
-    base = re.sub(r"\.zarr$", "", os.path.basename(cfg.acts.rstrip("/"))) or "acts"
-    return os.path.join("runs", f"jsae-{base}-k{cfg.k}-lam{cfg.lam:g}-{digest}.zarr")
+    return st.default_url(f"jsae-{st.stem(cfg.acts, 'acts')}-k{cfg.k}-lam{cfg.lam:g}", identity(cfg))
 
 
 def _append_history(store: st.Store, rows: list[dict[str, float]]) -> None:
@@ -478,18 +351,14 @@ def resume_config(out: str, overrides: dict[str, Any]) -> TrainConfig:
     """The config of the run in ``out``, with runtime options (and any others) overridden."""
     meta = st.open_store(out, "jsae", require_complete=False).meta
     known = {f.name for f in fields(TrainConfig)} - {"out", "overwrite", "resume"}
-    saved = {**meta.get("run_options", {}), **meta["config"]}
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    cfg.out, cfg.resume = out, True
-    return cfg
+    saved = {**meta.get("run_options", {}), **meta["config"], **overrides}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in known}, out=out, resume=True)
 
 
 def _check_output(cfg: TrainConfig, url: str, acts_url: str) -> dict[str, Any] | None:
     """What is at the output: None (a new run), or the metadata of a run to resume or that is
     complete. Read-only, so every process of a distributed run can ask."""
-    existing = st.check_writable(url, "jsae", cfg.identity(), overwrite=cfg.overwrite, reads=[acts_url])
+    existing = st.check_writable(url, "jsae", identity(cfg), overwrite=cfg.overwrite, reads=[acts_url])
     if existing is not None and not existing.get("complete") and not cfg.resume:
         step = existing.get("checkpoint_step")
         raise StoreError(f"{url} holds an interrupted run of this config" + (f" (checkpoint at step {step})" if step else ""),
@@ -504,16 +373,14 @@ def _new_store_meta(cfg: TrainConfig, acts: Activations) -> dict[str, Any]:
             "k": cfg.k, "lam": cfg.lam, "n_steps": cfg.n_steps, "model": acts.meta.get("model"),
             "layer": acts.meta.get("layer"), "mlp": acts.meta.get("mlp"), "context_size": acts.context_size,
             "data": acts.meta.get("data"),
-            "run_options": {k: getattr(cfg, k) for k in cfg._RUNTIME if k not in ("out", "overwrite", "resume")}}
+            "run_options": {k: v for k, v in runtime(cfg).items() if k not in ("out", "overwrite", "resume")}}
 
 
 def train(cfg: TrainConfig, reporter: Reporter = SILENT) -> TrainResult:
-    cfg.validate()
     acts = Activations.open(cfg.acts)
     dist = init_dist(cfg.device)
     device = _device(cfg, dist)
-    usable = acts.n_tokens - (acts.n_tokens // acts.context_size if acts.bos and not cfg.include_bos else 0)
-    cfg.resolve(acts.d_model, usable, dist.world)
+    cfg = cfg.resolved(acts.d_model, acts.n_kept(acts.n_tokens, cfg.include_bos), dist.world)
     if acts.n_chunks < cfg.data_lanes:
         raise ConfigError(f"the activations store has {acts.n_chunks} chunks, fewer than {cfg.data_lanes} data lanes",
                           hint="harvest more tokens, or use fewer processes")
@@ -524,7 +391,7 @@ def train(cfg: TrainConfig, reporter: Reporter = SILENT) -> TrainResult:
         return TrainResult(url, existing.get("tokens_per_second", 0.0), existing.get("final_metrics", {}),
                            existing.get("n_steps", 0), already_complete=True)
     _barrier(dist)  # every process has looked before rank 0 creates anything
-    writing = st.writing(url, "jsae", cfg.identity(), overwrite=cfg.overwrite, reads=[acts.url]) if dist.main \
+    writing = st.writing(url, "jsae", identity(cfg), overwrite=cfg.overwrite, reads=[acts.url]) if dist.main \
         else contextlib.nullcontext((None, False))
     with writing as (store, _):
         if store is not None and existing is None:

@@ -17,9 +17,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from jsaectl.cli._common import out_console, parse_floats, stores_from_args, ConfigOpt, DeviceOpt, RichReporter, err
+from jsaectl.cli._common import ConfigOpt, RichReporter, err, out_console
+from jsaectl.cli._generate import from_config
+from jsaectl.configs import CompareConfig
 from jsaectl.errors import ConfigError, JsaectlError
-from jsaectl.units import parse_count
 
 _ROWS = [
     ("reconstruction", None, None),
@@ -112,33 +113,24 @@ def plot(results, path: str) -> None:
     plt.close(fig)
 
 
+@from_config(CompareConfig)
 def compare_cmd(
-    stores: Annotated[list[str] | None, typer.Argument(help="jsae or jacobian stores; read one per line from stdin when missing.", show_default=False)] = None,
-    acts: Annotated[str | None, typer.Option("--acts", help="Evaluate every run on this activations store (held-out text). Default: each run's own.", show_default=False)] = None,
-    tokens: Annotated[str, typer.Option("--tokens", "-n", help="Tokens for reconstruction and Jacobian sparsity.")] = "50k",
-    eval_tokens: Annotated[str, typer.Option("--eval-tokens", help="Tokens for the CE/KL splice scores (0 skips loading the model).")] = "20k",
-    thresholds: Annotated[str, typer.Option("--thresholds", help="|J| thresholds, comma-separated.")] = "0.005,0.01,0.015,0.02,0.04",
-    normalised_thresholds: Annotated[str, typer.Option("--normalised-thresholds", help="Scale-free rows: |J| above these multiples of each token's rms |J|, comma-separated.")] = "0.5,1,2,4",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Tokens per batch.")] = 1024,
-    device: DeviceOpt = "auto",
+    cfg: CompareConfig,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON document.")] = False,
-    csv_out: Annotated[bool, typer.Option("--csv", help="Print the metrics as CSV, one row per run.")] = False,
-    plot_path: Annotated[str | None, typer.Option("--plot", help="Draw the trade-off figure (needs matplotlib: pip install 'jsaectl[plot]').", show_default=False)] = None,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print the metrics as CSV, one row per run, in the table's order.")] = False,
+    plot_path: Annotated[str | None, typer.Option("--plot", help="Draw the trade-off figure to this PNG file (needs matplotlib: pip install 'jsaectl\\[plot]').", show_default=False)] = None,
     config: ConfigOpt = None,
 ) -> None:
-    from jsaectl.compare import CompareConfig, compare
+    from dataclasses import replace
+
+    from jsaectl.compare import compare
 
     if json_out and csv_out:
         raise ConfigError("--json and --csv are exclusive")
-    eval_n = 0 if eval_tokens.strip() == "0" else parse_count(eval_tokens, "--eval-tokens")
-    cuts = parse_floats(thresholds, "--thresholds")
-    if plot_path and 0.01 not in cuts:  # the plot's y axis is the paper's |J| > 0.01
-        cuts = (*cuts, 0.01)
-    cfg = CompareConfig(stores=stores_from_args(stores), acts=acts, tokens=parse_count(tokens, "--tokens"), eval_tokens=eval_n,
-                        thresholds=cuts, normalised_thresholds=parse_floats(normalised_thresholds, "--normalised-thresholds"),
-                        batch_size=batch_size, device=device)
-    if plot_path:  # fail before minutes of work, not after
-        try:
+    if plot_path:
+        if 0.01 not in cfg.thresholds:  # the plot's y axis is the paper's |J| > 0.01
+            cfg = replace(cfg, thresholds=tuple(sorted((*cfg.thresholds, 0.01))))
+        try:  # fail before minutes of work, not after
             import matplotlib  # noqa: F401
         except ImportError:
             raise JsaectlError("--plot needs matplotlib, which is not installed", hint="pip install 'jsaectl[plot]'") from None

@@ -9,15 +9,13 @@ histogram of |J| on stderr.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import numpy as np
-import typer
 from rich.table import Table
 from rich.text import Text
 
-from jsaectl.cli._common import parse_floats, ConfigOpt, DeviceOpt, JsonOpt, OutOpt, OverwriteOpt, RichReporter, emit, err, store_from_arg
-from jsaectl.units import parse_count
+from jsaectl.cli._common import ConfigOpt, JsonOpt, RichReporter, emit, err
+from jsaectl.cli._generate import from_config
+from jsaectl.configs import JacobianConfig
 
 
 def sparsity_table(result) -> Table:
@@ -82,37 +80,10 @@ def render(result) -> None:
     err.print(connections_table(result))
 
 
-def jacobian_cmd(
-    jsae: Annotated[str | None, typer.Argument(help="JSAE store (path or URL); read from stdin when missing or -.", show_default=False)] = None,
-    tokens: Annotated[str, typer.Option("--tokens", "-n", help="Tokens to analyse: the first N of the activations store.")] = "200k",
-    acts: Annotated[str | None, typer.Option("--acts", help="Analyse this activations store (e.g. held-out text) instead of the one the JSAE was trained on.", show_default=False)] = None,
-    thresholds: Annotated[str, typer.Option("--thresholds", help="|J| thresholds of the sparsity summary, comma-separated (the paper's: 0.005, 0.01, 0.015, 0.02; its Figure 1 counts them over k² with BOS left out, as jsaectl does).")] = "0.005,0.01,0.015,0.02,0.04",
-    normalised_thresholds: Annotated[str, typer.Option("--normalised-thresholds", help="Scale-free summary: count |J| above these multiples of each token's rms |J| (the reference's l2t norm), comma-separated.")] = "0.5,1,2,4",
-    top: Annotated[int, typer.Option("--top", help="Connections shown in the table.")] = 20,
-    input_latent: Annotated[int | None, typer.Option("--input-latent", help="Show only connections from this input latent (what does it compute?).", show_default=False)] = None,
-    output_latent: Annotated[int | None, typer.Option("--output-latent", help="Show only connections into this output latent (what computes it?).", show_default=False)] = None,
-    per_token: Annotated[bool, typer.Option("--per-token", help="Also store every token's J [N, k, k] with its index arrays (N·k²·4 bytes).")] = False,
-    linearity: Annotated[int, typer.Option("--linearity", help="Run the paper's linearity and ablation checks on N sampled active pairs (0: skip).")] = 0,
-    label_examples: Annotated[int, typer.Option("--label-examples", help="Top activations per latent that its label is drawn from.")] = 20,
-    max_pairs: Annotated[str, typer.Option("--max-pairs", help="Most latent pairs accumulated at once (memory ≈ 40 bytes each); beyond it the exact sums spill to disk. Also the most pairs stored, strongest first.")] = "4M",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the --linearity sample.")] = 0,
-    include_bos: Annotated[bool, typer.Option("--include-bos", help="Include the BOS token that starts each context (skipped by default: its activations are outliers).")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Tokens per batch.")] = 1024,
-    device: DeviceOpt = "auto",
-    out: OutOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    config: ConfigOpt = None,
-) -> None:
-    from jsaectl.jacobian import JacobianConfig, jacobian
+@from_config(JacobianConfig)
+def jacobian_cmd(cfg: JacobianConfig, json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
+    from jsaectl.jacobian import jacobian
 
-    cfg = JacobianConfig(
-        jsae=store_from_arg(jsae), acts=acts, tokens=parse_count(tokens, "--tokens"), thresholds=parse_floats(thresholds, "--thresholds"),
-        normalised_thresholds=parse_floats(normalised_thresholds, "--normalised-thresholds"), top=top,
-        input_latent=input_latent, output_latent=output_latent,
-        per_token=per_token, linearity=linearity, label_examples=label_examples, max_pairs=parse_count(max_pairs, "--max-pairs"),
-        seed=seed, include_bos=include_bos, batch_size=batch_size, device=device, out=out, overwrite=overwrite,
-    )
     result = jacobian(cfg, RichReporter())
     render(result)
     emit(result.store, result.summary(), json_out)

@@ -9,27 +9,14 @@ maxact writes no store: its result goes to stdout (plain text when piped; --json
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
 from rich.color import Color
 from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 
-from jsaectl.cli._common import out_console, ConfigOpt, DeviceOpt, JsonOpt, RichReporter, store_from_arg
-from jsaectl.errors import ConfigError
-from jsaectl.units import parse_count
-
-
-def _connection(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        a, b = (int(p) for p in text.split(":"))
-    except ValueError:
-        raise ConfigError(f"--connection must look like IN:OUT (two latent ids), not {text!r}") from None
-    return a, b
+from jsaectl.cli._common import ConfigOpt, JsonOpt, RichReporter, out_console
+from jsaectl.cli._generate import from_config
+from jsaectl.configs import MaxactConfig
 
 
 def _shade(value: float, peak: float) -> Style:
@@ -69,33 +56,13 @@ def render(result, console: Console) -> None:
         console.print()
 
 
-def maxact_cmd(
-    jsae: Annotated[str | None, typer.Argument(help="JSAE store (path or URL); read from stdin when missing or -.", show_default=False)] = None,
-    side: Annotated[str, typer.Option("--side", help="Which SAE --latent / --top-latents refer to: in (MLP input) or out (MLP output).")] = "in",
-    latent: Annotated[list[int] | None, typer.Option("--latent", help="Latent id (repeat for several).", show_default=False)] = None,
-    connection: Annotated[str | None, typer.Option("--connection", help="IN:OUT — tokens where input latent IN and output latent OUT both fire.", show_default=False)] = None,
-    top_latents: Annotated[int, typer.Option("--top-latents", help="Show the N latents of --side with the largest total activation.")] = 0,
-    rank_by: Annotated[str, typer.Option("--rank-by", help="For --connection: rank by |J| (jacobian) or by the product of the activations (product).")] = "jacobian",
-    examples: Annotated[int, typer.Option("--examples", help="Examples per latent.")] = 10,
-    context: Annotated[int, typer.Option("--context", help="Tokens shown on each side of an example.")] = 8,
-    tokens: Annotated[str | None, typer.Option("--tokens", "-n", help="Scan the first N tokens only. Default: the whole store.", show_default=False)] = None,
-    acts: Annotated[str | None, typer.Option("--acts", help="Scan this activations store instead of the JSAE's own.", show_default=False)] = None,
-    include_bos: Annotated[bool, typer.Option("--include-bos", help="Include the BOS token that starts each context (skipped by default: its activations are outliers).")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Tokens per batch.")] = 4096,
-    device: DeviceOpt = "auto",
-    json_out: JsonOpt = False,
-    config: ConfigOpt = None,
-) -> None:
+@from_config(MaxactConfig)
+def maxact_cmd(cfg: MaxactConfig, json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
     import json
     import sys
 
-    from jsaectl.maxact import MaxactConfig, maxact
+    from jsaectl.maxact import maxact
 
-    cfg = MaxactConfig(
-        jsae=store_from_arg(jsae), side=side, latents=tuple(latent or ()), connection=_connection(connection),
-        top_latents=top_latents, rank_by=rank_by, examples=examples, context=context,
-        tokens=parse_count(tokens, "--tokens") if tokens else None, acts=acts, include_bos=include_bos, batch_size=batch_size, device=device,
-    )
     result = maxact(cfg, RichReporter())
     if json_out:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
