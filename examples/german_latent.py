@@ -24,7 +24,7 @@ from jsaectl.data import bundled_corpus_path
 from jsaectl.harvest import HarvestConfig, harvest
 from jsaectl.jacobian import load_result
 from jsaectl.maxact import MaxactConfig, maxact
-from jsaectl.pair import LoadedJSAE
+from jsaectl.trained import LoadedJSAE
 from jsaectl.units import parse_count
 
 

@@ -7,7 +7,7 @@ import sys
 
 from jsaectl.harvest import HarvestConfig, harvest
 from jsaectl.jacobian import JacobianConfig, jacobian
-from jsaectl.pair import LoadedJSAE
+from jsaectl.trained import LoadedJSAE
 from jsaectl.train import TrainConfig, train
 
 out = sys.argv[1] if len(sys.argv) > 1 else "runs/api"

@@ -31,7 +31,7 @@ from jsaectl import store as st
 from jsaectl.configs import CompareConfig
 from jsaectl.errors import ConfigError, ModelError
 from jsaectl import sparsity
-from jsaectl.pair import LoadedJSAE, describe_site, site_of
+from jsaectl.trained import LoadedJSAE, describe_site, site_of
 from jsaectl.progress import SILENT, Reporter
 
 
@@ -234,7 +234,7 @@ def _splice_scores(run: LoadedJSAE, cfg: CompareConfig, model_cache: dict, repor
 
 def compare(cfg: CompareConfig, reporter: Reporter = SILENT) -> tuple[list[RunMetrics], list[str]]:
     """Metrics per run (in the order given) and notes for the reader."""
-    from jsaectl.models import pick_device
+    from jsaectl.device import pick_device
 
     device = pick_device(cfg.device)
     urls = resolve_runs(cfg.stores)

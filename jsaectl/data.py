@@ -168,13 +168,9 @@ def _folder_files(folder: str) -> list[str]:
 
 
 def _hub_pieces(name: str, subset: str | None, split: str, column: str) -> Iterator[Piece]:
-    from jsaectl.models import _hub_reachable  # one network check for models and datasets
+    from jsaectl import hub
 
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        offline = True
-    else:
-        offline = not _hub_reachable()
-    if offline:
+    if hub.offline(datasets=True) or not hub.reachable():
         raise DataError(f"{name!r} is neither a local file or folder nor reachable on the Hugging Face Hub (no network?)",
                         hint="give a local .txt/.jsonl/.parquet file or folder, or `-` for text on stdin")
     import datasets

@@ -38,9 +38,10 @@ from jsaectl import __version__
 from jsaectl import store as st
 from jsaectl.configs import CONNECTION_FORMATS, FORMATS, WEIGHT_FORMATS, ExportConfig  # noqa: F401
 from jsaectl.errors import ConfigError, StoreError
-from jsaectl.acts import Activations
+from jsaectl.progress import SILENT, Reporter
+from jsaectl.acts import Activations, bos_skipped
 from jsaectl.jsae import JSAE
-from jsaectl.pair import load_jsae
+from jsaectl.trained import load_jsae
 from jsaectl.sae import TopKSAE
 
 
@@ -71,7 +72,7 @@ class ExportResult:
         return {"out": self.out, "format": self.format, "files": self.files}
 
 
-def export(cfg: ExportConfig) -> ExportResult:
+def export(cfg: ExportConfig, reporter: Reporter = SILENT) -> ExportResult:
     """Write ``cfg.store`` in ``cfg.format`` to ``cfg.out``. Every refusal (bad format, wrong
     store kind, non-empty ``out``) happens before anything is written."""
     source = _open_source(cfg.store, cfg.format)
@@ -82,7 +83,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".partial", dir=parent)
     try:
-        writer(source, tmp, cfg)
+        writer(source, tmp, cfg, reporter)
         written = _relative_files(tmp)
         _commit(tmp, out)
     finally:
@@ -202,7 +203,7 @@ class _Source:
     @property
     def skipped_bos(self) -> bool:
         """Training left out the BOS token at position 0 of each context."""
-        return self.bos and not self.meta["config"].get("include_bos", False)
+        return bos_skipped(self.meta, self.meta["config"].get("include_bos", False))
 
     @property
     def dataset(self) -> str:
@@ -279,7 +280,7 @@ def saelens_cfg(jsae: _Source, side: str) -> dict[str, Any]:
     }
 
 
-def _write_saelens(store: st.Store, tmp: str, cfg: ExportConfig) -> None:
+def _write_saelens(store: st.Store, tmp: str, cfg: ExportConfig, reporter: Reporter) -> None:
     jsae = _Source.load(store)
     for side in ("in", "out"):
         folder = os.path.join(tmp, f"sae_{side}")
@@ -322,7 +323,7 @@ def sparsify_cfg(sae: TopKSAE) -> dict[str, Any]:
     }
 
 
-def _write_sparsify(store: st.Store, tmp: str, cfg: ExportConfig) -> None:
+def _write_sparsify(store: st.Store, tmp: str, cfg: ExportConfig, reporter: Reporter) -> None:
     jsae = _Source.load(store)
     for side in ("in", "out"):
         folder = os.path.join(tmp, sparsify_hookpoint(jsae.layer, side))
@@ -410,7 +411,7 @@ def pair_cfg(jsae: _Source) -> dict[str, Any]:
     }
 
 
-def _write_pair(store: st.Store, tmp: str, cfg: ExportConfig) -> None:
+def _write_pair(store: st.Store, tmp: str, cfg: ExportConfig, reporter: Reporter) -> None:
     jsae = _Source.load(store)
     _save_tensors(pair_tensors(jsae), os.path.join(tmp, "sae_weights.safetensors"))
     _save_json(pair_cfg(jsae), os.path.join(tmp, "cfg.json"))
@@ -428,12 +429,17 @@ def _short(value: Any) -> Any:
     return int(value)
 
 
-def connection_rows(store: st.Store, top: int | None) -> Iterator[dict[str, Any]]:
+DEFAULT_TOP = 10_000  # connections written when --top is not given (0: all of them)
+
+
+def connection_rows(store: st.Store, top: int | None, reporter: Reporter = SILENT) -> Iterator[dict[str, Any]]:
     """The stored connections, strongest first, with both latents' labels, read in blocks."""
     g = store.group
     conn = g["connections"]
-    total = conn["input"].shape[0] if top is None else min(top, conn["input"].shape[0])
+    top = DEFAULT_TOP if top is None else top
+    total = conn["input"].shape[0] if top == 0 else min(top, conn["input"].shape[0])
     in_labels, out_labels = g["latents/in_label"][...], g["latents/out_label"][...]
+    reporter.start("export", total, "connections")
     for lo in range(0, total, _ROWS_PER_BLOCK):
         hi = min(total, lo + _ROWS_PER_BLOCK)
         cols = {name: conn[name][lo:hi] for name in _NUMERIC}
@@ -444,21 +450,23 @@ def connection_rows(store: st.Store, top: int | None) -> Iterator[dict[str, Any]
             row["input_label"] = str(in_labels[row["input"]])
             row["output_label"] = str(out_labels[row["output"]])
             yield row
+        reporter.advance(hi - lo)
+    reporter.finish()
 
 
-def _write_csv(store: st.Store, tmp: str, cfg: ExportConfig) -> None:
+def _write_csv(store: st.Store, tmp: str, cfg: ExportConfig, reporter: Reporter) -> None:
     with open(os.path.join(tmp, "connections.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CONNECTION_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(connection_rows(store, cfg.top))
+        writer.writerows(connection_rows(store, cfg.top, reporter))
 
 
-def _write_jsonl(store: st.Store, tmp: str, cfg: ExportConfig) -> None:
+def _write_jsonl(store: st.Store, tmp: str, cfg: ExportConfig, reporter: Reporter) -> None:
     with open(os.path.join(tmp, "connections.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in connection_rows(store, cfg.top))
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in connection_rows(store, cfg.top, reporter))
 
 
-_WRITERS: dict[str, Callable[[st.Store, str, ExportConfig], None]] = {
+_WRITERS: dict[str, Callable[[st.Store, str, ExportConfig, Reporter], None]] = {
     "saelens": _write_saelens,
     "sparsify": _write_sparsify,
     "jsae-pair": _write_pair,

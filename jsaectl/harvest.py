@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from jsaectl import store as st
-from jsaectl.acts import write_mlp
+from jsaectl.acts import nonfinite, write_mlp
 from jsaectl.data import describe_source, iter_contexts, open_source
+from jsaectl.device import pick_device
 from jsaectl.errors import ConfigError, DataError
 from jsaectl.configs import HarvestConfig
 from jsaectl.options import identity
@@ -35,7 +36,6 @@ from jsaectl.models import (
     check_reconstruction,
     load_model,
     locate_mlp,
-    pick_device,
 )
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.text import pack, token_bytes
@@ -268,8 +268,24 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
         n_final = _finalize(store, cfg, layout, extra)
     if n_final is None:
         reporter.note(f"shard {i}/{n} finished; the store completes when every shard has")
+    elif n_final < cfg.tokens:
+        reporter.note(f"the text ran out at {n_final:,} tokens of the {cfg.tokens:,} asked for (--tokens)")
+        if cfg.out is None:  # a default name says how many tokens the store holds
+            url = _rename(url, n_final)
     return HarvestResult(url, n_final if n_final is not None else written, site.weights.d_model,
                          written / elapsed if elapsed > 0 and written else 0.0, n_final is not None, resumed=resumed)
+
+
+def _rename(url: str, n_tokens: int) -> str:
+    """Rename a default-named local store after the tokens it holds (its config hash stays, so
+    a re-run of the same command still finds it)."""
+    digest = url.rsplit("-", 1)[-1]
+    target = os.path.abspath(os.path.join(os.path.dirname(url), re.sub(
+        r"-L(\d+)-[^-]+-" + re.escape(digest) + "$", f"-L\\1-{format_count(n_tokens)}-{digest}", os.path.basename(url))))
+    if not st.is_local(url) or target == url or os.path.exists(target):
+        return url
+    os.rename(url, target)
+    return target
 
 
 SMALL_ARRAYS = ("mlp/W_in", "mlp/b_in", "mlp/W_out", "mlp/b_out", "vocab", "vocab_bytes/data", "vocab_bytes/offsets")
@@ -376,10 +392,7 @@ def _chain(head: list[list[np.ndarray]], rest: Iterator[list[np.ndarray]]) -> It
 def _check_finite(values: np.ndarray, cfg: HarvestConfig, first_row: int, context_size: int, name: str) -> int:
     """Refuse a chunk holding NaN or inf (stored, it would poison every later stage), naming the
     rows; or, with --allow-nonfinite, set those values to 0 in place and return how many."""
-    if cfg.dtype == "bfloat16":  # stored as bits: all-ones exponent is inf or NaN
-        bad = (values & 0x7F80) == 0x7F80
-    else:
-        bad = ~np.isfinite(values)
+    bad = nonfinite(values, cfg.dtype)
     n_bad = int(bad.sum())
     if n_bad == 0:
         return 0

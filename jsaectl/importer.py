@@ -27,7 +27,7 @@ from jsaectl.acts import Activations
 from jsaectl.configs import ImportConfig
 from jsaectl.errors import ConfigError
 from jsaectl.jsae import JSAE
-from jsaectl.pair import SAE_PARAMS, save_jsae
+from jsaectl.trained import SAE_PARAMS, save_jsae
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.sae import TopKSAE
 

@@ -32,29 +32,16 @@ import torch
 
 from jsaectl import store as st
 from jsaectl.configs import JacobianConfig
-from jsaectl.errors import ConfigError
 from jsaectl.options import identity
-from jsaectl import sparsity
-from jsaectl.pair import LoadedJSAE
+from jsaectl import connections, sparsity
+from jsaectl.connections import Connection
+from jsaectl.trained import LoadedJSAE
 from jsaectl.text import label
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.topk import TopExamples
 from jsaectl.units import format_count
 
 HIST_EDGES = np.logspace(-6, 2, 33)  # 4 bins a decade from 1e-6 to 1e2; |J| outside goes to the end bins
-
-
-@dataclass
-class Connection:
-    input: int
-    output: int
-    strength: float
-    count: int
-    mean_abs: float
-    max_abs: float
-    mean: float
-    input_label: str
-    output_label: str
 
 
 @dataclass
@@ -150,8 +137,11 @@ def default_out(cfg: JacobianConfig) -> str:
 
 
 def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult:
-    from jsaectl.models import pick_device
+    from jsaectl.device import pick_device
 
+    given = st.open_store(cfg.jsae, ("jsae", "jacobian"))
+    if given.kind == "jacobian":  # its connections are stored: show them, compute nothing
+        return load_result(given.url, cfg.top, cfg.input_latent, cfg.output_latent)
     model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
     scanned = min(cfg.tokens, model.acts.n_tokens)  # rows read; BOS rows among them are skipped
     url = st.resolve_url(cfg.out or default_out(cfg))
@@ -244,17 +234,12 @@ def _read_tokens(acts: Any, rows: np.ndarray) -> np.ndarray:
 def _write(store: st.Store, keys: torch.Tensor, stats: torch.Tensor, n: int, n_tokens: int,
            labels: dict[str, np.ndarray], tops: dict[str, TopExamples], hist: np.ndarray) -> None:
     keys, stats = keys.numpy(), stats.numpy()  # strongest first
-    g = store.group.require_group("connections")
-    columns = {
+    connections.write(store.group, {
         "input": (keys // n).astype(np.int32), "output": (keys % n).astype(np.int32),
         "count": stats[:, 0].astype(np.int64), "strength": (stats[:, 1] / n_tokens).astype(np.float32),
         "mean_abs": (stats[:, 1] / stats[:, 0]).astype(np.float32), "max_abs": stats[:, 3].astype(np.float32),
         "mean": (stats[:, 2] / stats[:, 0]).astype(np.float32),
-    }
-    for name, values in columns.items():
-        chunks = (min(len(values), 1 << 20) or 1,)
-        arr = st.create_array(g, name, shape=values.shape, dtype=values.dtype, chunks=chunks, dimension_names=("connection",))
-        arr[...] = values
+    }, n)
     lat = store.group.require_group("latents")
     for side in ("in", "out"):
         st.write_array(lat, f"{side}_label", labels[side])
@@ -292,38 +277,17 @@ class _PerTokenWriter:
         g["token"][lo:hi] = batch.rows.cpu().numpy()
 
 
-def load_result(url: str, top: int = 20, input_latent: int | None = None, output_latent: int | None = None) -> JacobianResult:
-    """Read a complete jacobian store back (for display, compare and export), optionally only
-    the connections from one input latent and/or into one output latent."""
+def load_result(url: str, top: int = 20, inputs: tuple[int, ...] = (), outputs: tuple[int, ...] = ()) -> JacobianResult:
+    """Read a complete jacobian store back (for display, compare and export): its summary, and
+    its strongest connections, optionally only those from ``inputs`` and/or into ``outputs``."""
     store = st.open_store(url, "jacobian")
     meta, g = store.meta, store.group
-    conn = g["connections"]
-    for latent in (input_latent, output_latent):
-        if latent is not None and not 0 <= latent < meta["n_latents"]:
-            raise ConfigError(f"latent id {latent} is out of range: the SAEs have {meta['n_latents']} latents")
-    if input_latent is None and output_latent is None:
-        rows = np.arange(min(top, conn["input"].shape[0]))
-    else:
-        keep = np.ones(conn["input"].shape[0], dtype=bool)
-        if input_latent is not None:
-            keep &= conn["input"][...] == input_latent
-        if output_latent is not None:
-            keep &= conn["output"][...] == output_latent
-        rows = np.flatnonzero(keep)[:top]
-    cols = {name: conn[name].get_orthogonal_selection(rows) if len(rows) else np.zeros(0)
-            for name in ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean")}
-    for name in ("strength", "mean_abs", "max_abs", "mean"):
-        st.check_finite(cols[name], f"{store.url}: connections/{name}")
+    top_list = connections.query(store, inputs=inputs, outputs=outputs, top=top)
     st.check_finite(np.array(_numbers(meta["sparsity"]), dtype=float), f"{store.url}: the sparsity summary")
-    in_labels, out_labels = g["latents/in_label"][...], g["latents/out_label"][...]
-    top_list = [Connection(int(cols["input"][i]), int(cols["output"][i]), float(cols["strength"][i]), int(cols["count"][i]),
-                           float(cols["mean_abs"][i]), float(cols["max_abs"][i]), float(cols["mean"][i]),
-                           str(in_labels[int(cols["input"][i])]), str(out_labels[int(cols["output"][i])]))
-                for i in range(len(rows))]
     return JacobianResult(store.url, meta["n_tokens"], meta["k"], meta["sparsity"], top_list,
                           (g["histogram/edges"][...], g["histogram/counts"][...]), meta.get("tokens_per_second", 0.0),
                           meta.get("linearity"), details={"jacobian_at": meta.get("jacobian_at", "x"),
-                                                          "filter": {"input": input_latent, "output": output_latent}})
+                                                          "filter": {"input": list(inputs), "output": list(outputs)}})
 
 
 def _numbers(tree: Any) -> list[float]:

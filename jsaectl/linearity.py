@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jsaectl.pair import LoadedJSAE
+from jsaectl.trained import LoadedJSAE
 
 SWEEP_POINTS = 100
 RESIDUAL = 1e-2

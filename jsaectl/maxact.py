@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from jsaectl.configs import MaxactConfig
-from jsaectl.pair import Batch, LoadedJSAE
+from jsaectl.trained import Batch, LoadedJSAE
 from jsaectl.sae import Encoded
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.topk import TopExamples
@@ -41,6 +41,8 @@ class Example:
     focus: int
     """Index of the example token in ``tokens``."""
     extra: dict[str, float] = field(default_factory=dict)
+    inputs: list[float] | None = None
+    """For a connection: the input latent's activation at each shown token."""
 
 
 @dataclass
@@ -80,20 +82,23 @@ def _context_windows(model: LoadedJSAE, rows: np.ndarray, context: int) -> list[
 
 
 @torch.no_grad()
-def _examples(model: LoadedJSAE, side: str, latent: int, rows: np.ndarray, scores: np.ndarray, context: int,
-              extras: list[dict[str, float]] | None = None) -> list[Example]:
+def examples(model: LoadedJSAE, side: str, latent: int, rows: np.ndarray, scores: np.ndarray, context: int,
+             extras: list[dict[str, float]] | None = None, input_latent: int | None = None) -> list[Example]:
+    """The text around each of ``rows`` with ``latent``'s activation at every token (and, for a
+    connection, ``input_latent``'s too)."""
     out = []
     for rank, ((lo, hi), r, score) in enumerate(zip(_context_windows(model, rows, context), rows, scores), 1):
         ids = model.acts.tokens(lo, hi)
         x, y = model.acts.xy(lo, hi, model.device)
         values = _value_of(model.jsae.encode(side, x, y), latent)
+        inputs = None if input_latent is None else [round(float(v), 4) for v in _value_of(model.jsae.encode("in", x), input_latent)]
         out.append(Example(rank, float(score), int(r), model.acts.token_texts(ids), [round(float(v), 4) for v in values],
-                           int(r) - lo, extras[rank - 1] if extras else {}))
+                           int(r) - lo, extras[rank - 1] if extras else {}, inputs))
     return out
 
 
 def maxact(cfg: MaxactConfig, reporter: Reporter = SILENT) -> MaxactResult:
-    from jsaectl.models import pick_device
+    from jsaectl.device import pick_device
 
     model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
     cfg.check_latents(model.n_latents)
@@ -129,9 +134,9 @@ def _scan_latents(cfg: MaxactConfig, model: LoadedJSAE, n_tokens: int, reporter:
         valid = tops.rows[s] >= 0
         rows, scores = tops.rows[s][valid].numpy(), tops.values[s][valid].numpy()
         latent = int(tracked[s])
-        examples = _examples(model, cfg.side, latent, rows, scores, cfg.context)
+        found = examples(model, cfg.side, latent, rows, scores, cfg.context)
         ids = np.array([model.acts.tokens(int(r), int(r) + 1)[0] for r in rows], dtype=np.int64)
-        items.append(LatentExamples(latent, cfg.side, label(ids, model.acts.vocab), int(tops.count[s]), examples))
+        items.append(LatentExamples(latent, cfg.side, label(ids, model.acts.vocab), int(tops.count[s]), found))
     return MaxactResult(model.store.url, model.analysed_rows(n_tokens), items, 0.0)
 
 
@@ -161,9 +166,9 @@ def _scan_connection(cfg: MaxactConfig, model: LoadedJSAE, n_tokens: int, report
         b = model.window(int(r), int(r) + 1, jacobian="value")
         extras.append({"in_activation": float(_value_of(b.code_in, lat_in)[0]), "out_activation": float(_value_of(b.jac_out, lat_out)[0]),
                        "J": float(_entry(b, lat_in, lat_out)[0])})
-    examples = _examples(model, "out", lat_out, rows, scores, cfg.context, extras)
-    item = LatentExamples(f"{lat_in}->{lat_out}", "connection", f"input {lat_in} → output {lat_out}, ranked by {cfg.rank_by}",
-                          int(tops.count[0]), examples)
+    found = examples(model, "out", lat_out, rows, scores, cfg.context, extras, input_latent=lat_in)
+    item = LatentExamples(f"{lat_in}→{lat_out}", "connection", f"input {lat_in} → output {lat_out}, ranked by {cfg.rank_by}",
+                          int(tops.count[0]), found)
     return MaxactResult(model.store.url, model.analysed_rows(n_tokens), [item], 0.0)
 
 

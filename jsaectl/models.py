@@ -11,15 +11,14 @@ checked against the real module's output on real tokens before anything is store
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from jsaectl.configs import BUNDLED_MODEL, INIT_SCHEMES
+from jsaectl import hub
 from jsaectl.errors import ModelError
 from jsaectl.mlp import ACTIVATIONS, MLPWeights, get_activation, identify_activation
 
@@ -54,23 +53,6 @@ def resolve_model_name(name: str) -> str:
     return bundled_model_path() if name == BUNDLED_MODEL else name
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"--device {name} asked for, but no CUDA device is available", hint="use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelError("--device mps asked for, but MPS is not available", hint="use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise ModelError(f"unknown device {name!r}", hint="use auto, cpu, cuda, cuda:N or mps") from e
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading
 
@@ -78,19 +60,6 @@ def pick_device(name: str) -> torch.device:
 def _looks_like_path(name: str) -> bool:
     """Hub ids are ``name`` or ``org/name``; anything else is meant as a local path."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check, so that a machine without network fails in seconds rather than
-    after huggingface_hub's minute of retries. Skipped (assumed reachable) behind a proxy."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _first_line(e: BaseException) -> str:
@@ -129,10 +98,10 @@ def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
         return loader.from_pretrained(name, local_files_only=True, **kwargs)
     except (OSError, ValueError):
         pass  # not cached: download below
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if hub.offline():
         raise ModelError(f"the {what} for {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
                          hint="unset HF_HUB_OFFLINE to download it, or give a local directory")
-    if not _hub_reachable():
+    if not hub.reachable():
         raise ModelError(f"cannot download the {what} for {name!r}: the Hugging Face Hub is unreachable (no network?)",
                          hint="give a local save_pretrained() directory, or download it on a machine with network into the HF cache")
     try:

@@ -44,21 +44,25 @@ def normalised_counts(J: Tensor, thresholds: Tensor) -> Tensor:
     return above.sum(1) * (scale > 0)[:, None]
 
 
-def mass_count(J: Tensor, share: float = MASS_SHARE) -> Tensor:
+def _ascending(J: Tensor) -> Tensor:
+    """``[B, k²]`` each token's |J| sorted ascending (shared by mass_count and gini)."""
+    return J.abs().flatten(1).sort(1).values
+
+
+def mass_count(J: Tensor, share: float = MASS_SHARE, ascending: Tensor | None = None) -> Tensor:
     """``[B]`` how many of the largest |J| entries hold ``share`` of Σ|J| (0 for an all-zero J)."""
-    flat = J.abs().flatten(1)
-    sorted_, _ = flat.sort(1, descending=True)
-    total = sorted_.sum(1, keepdim=True)
-    below = (sorted_.cumsum(1) < share * total).sum(1)
+    largest_first = (ascending if ascending is not None else _ascending(J)).flip(1)
+    total = largest_first.sum(1, keepdim=True)
+    below = (largest_first.cumsum(1) < share * total).sum(1)
     return torch.where(total.squeeze(1) > 0, below + 1, torch.zeros_like(below))
 
 
-def gini(J: Tensor) -> Tensor:
+def gini(J: Tensor, ascending: Tensor | None = None) -> Tensor:
     """``[B]`` Gini coefficient of each token's |J| entries (0 for an all-zero J).
 
     With the values sorted ascending, ``Σ_ij |a_i − a_j| = 2 Σ_i (2i − n − 1) a_(i)`` (i from 1),
     so the coefficient costs one sort, not n² differences."""
-    a, _ = J.abs().flatten(1).double().sort(1)
+    a = (ascending if ascending is not None else _ascending(J)).double()
     n = a.shape[1]
     weights = 2 * torch.arange(1, n + 1, device=a.device, dtype=a.dtype) - n - 1
     total = a.sum(1)
@@ -83,8 +87,9 @@ class Summary:
     def add(self, J: Tensor) -> None:
         self.above += counts(J, self._t).sum(0).double().cpu()
         self.above_rms += normalised_counts(J, self._n).sum(0).double().cpu()
-        self.mass90 += float(mass_count(J).sum())
-        self.gini += float(gini(J).sum())
+        ascending = _ascending(J)
+        self.mass90 += float(mass_count(J, ascending=ascending).sum())
+        self.gini += float(gini(J, ascending=ascending).sum())
         self.abs_sum += float(J.abs().sum())
         self.tokens += J.shape[0]
 

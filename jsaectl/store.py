@@ -135,6 +135,18 @@ def describe(meta: dict[str, Any]) -> str:
     return f"{_article(kind)} {kind} store (format {meta.get('format', '?')})"
 
 
+_POINTERS = {"activations": "acts_store", "jsae": "jsae_store"}  # the attr naming the store one was made from
+
+
+def _made_from(meta: dict[str, Any], kinds: tuple[str, ...]) -> str | None:
+    """``the jsae store it was made from is …`` when the store given records one of the kinds wanted."""
+    for kind in kinds:
+        source = meta.get(_POINTERS.get(kind, ""))
+        if source:
+            return f"the {kind} store it was made from is {source}"
+    return None
+
+
 def _written_by(kinds: tuple[str, ...]) -> str:
     return "; ".join(f"{kind} stores are written by `{_PRODUCERS[kind]}`" for kind in kinds)
 
@@ -168,7 +180,11 @@ class Store:
         self.update_meta(complete=True, **fields)
 
     def array(self, name: str) -> zarr.Array:
-        """An array of the store, or a one-line error naming what is missing."""
+        """An array of the store, or a one-line error naming what is missing. Kept once opened
+        when the store is read-only (a lookup reads and parses the array's metadata)."""
+        cache = self.__dict__.setdefault("_arrays", {})
+        if name in cache:
+            return cache[name]
         try:
             node = self.group[name]
         except KeyError:
@@ -176,6 +192,8 @@ class Store:
                              hint="run `jsaectl verify` on it, or re-run the stage that wrote it") from None
         if not isinstance(node, zarr.Array):
             raise StoreError(f"{self.url}: {name} is not an array", hint="run `jsaectl verify` on it")
+        if self.group.read_only:
+            cache[name] = node
         return node
 
     def finite(self, name: str, lo: int | None = None, hi: int | None = None) -> np.ndarray:
@@ -215,7 +233,7 @@ def open_store(url: str, kind: str | tuple[str, ...], *, require_complete: bool 
         raise StoreError(f"{url} is not a jsaectl store", hint=f"this command reads {wanted} stores written by `{_PRODUCERS[kinds[0]]}`")
     if meta.get("kind") not in kinds:
         raise StoreError(f"{url} is {describe(meta)}, but this command needs {_article(wanted)} {wanted} store",
-                         hint=_written_by(kinds))
+                         hint=_made_from(meta, kinds) or _written_by(kinds))
     if meta.get("format") not in READABLE_FORMATS:
         raise StoreError(f"{url} has store format {meta.get('format')}, this jsaectl ({__version__}) reads formats "
                          f"{', '.join(map(str, READABLE_FORMATS))}", hint="open it with the jsaectl that wrote it, or re-create it")
@@ -309,11 +327,18 @@ def write_array(group: zarr.Group, name: str, array: Any, **kwargs: Any) -> zarr
 
 def default_url(stem: str, config: dict[str, Any]) -> str:
     """``runs/<stem>-<hash of the config>.zarr``: every stage's default --out, so that a re-run
-    with the same config finds its store and another config gets its own."""
+    with the same config finds its store and another config gets its own. A store of that
+    config renamed since (harvest names a store by the tokens it holds) is found by its hash."""
+    import glob
     import hashlib
 
     digest = hashlib.sha256(json.dumps(_jsonable(config), sort_keys=True).encode()).hexdigest()[:8]
-    return os.path.join("runs", f"{stem}-{digest}.zarr")
+    url = os.path.join("runs", f"{stem}-{digest}.zarr")
+    if not os.path.exists(url):
+        found = sorted(glob.glob(os.path.join("runs", f"*-{digest}.zarr")))
+        if len(found) == 1:
+            return found[0]
+    return url
 
 
 def stem(url: str, fallback: str) -> str:

@@ -1,8 +1,10 @@
 """Streaming top-k: the strongest examples of every latent over a stream, in bounded memory.
 
 Memory is ``n_latents × keep`` values and row numbers, whatever the length of the stream.
-Each update merges the batch's active (latent, value, row) triples into the table with
-one sort, so its cost is proportional to the active entries, not to ``B × n_latents``.
+Each update merges the batch's active (latent, value, row) triples with the table's entries
+and sorts them all once: its cost grows with the table's size (``n_latents × keep``) plus the
+batch's active entries (``B × k``), never with ``B × n_latents`` (a dense activation matrix is
+never formed).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from jsaectl.errors import ConfigError, StoreError, TrainingError
 from jsaectl.options import identity, runtime
 from jsaectl import sparsity
 from jsaectl.jsae import JSAE, JSAEOutput
-from jsaectl.pair import save_jsae
+from jsaectl.trained import save_jsae
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.sae import TopKSAE
 from jsaectl.stream import BatchStream
@@ -144,7 +144,7 @@ def init_dist(device_name: str) -> Dist:
 
 
 def _device(cfg: TrainConfig, dist: Dist) -> torch.device:
-    from jsaectl.models import pick_device
+    from jsaectl.device import pick_device
 
     device = pick_device(cfg.device)
     if device.type == "cuda" and dist.world > 1 and device.index is None:
@@ -417,7 +417,8 @@ def _run(cfg: TrainConfig, acts: Activations, dist: Dist, device: torch.device, 
                   f"({cfg.n_steps} steps of {cfg.batch_size}) of {acts.url} on {device}"
                   + (f" × {dist.world} processes" if dist.world > 1 else ""))
     stream = BatchStream(acts, batch_size=cfg.batch_size, lanes=cfg.data_lanes, rank=dist.rank, world=dist.world,
-                         seed=cfg.seed, buffer_tokens=cfg.buffer_tokens, skip_bos=not cfg.include_bos, start_batch=start)
+                         seed=cfg.seed, buffer_tokens=cfg.buffer_tokens, include_bos=cfg.include_bos, start_batch=start,
+                         reader_threads=cfg.reader_threads, pinned=device.type == "cuda")
     reporter.start("train", (cfg.n_steps - start) * cfg.batch_size, "tokens")
     try:
         loop = _loop(cfg, trainer, stream, start, store, dist, reporter)
@@ -425,8 +426,9 @@ def _run(cfg: TrainConfig, acts: Activations, dist: Dist, device: torch.device, 
         stream.close()
         reporter.finish()
     if loop.data_wait > DATA_WAIT_WARN:
-        reporter.note(f"note: training waited for data {loop.data_wait:.0%} of the time; raise --buffer-tokens, or read "
-                      "from a store harvested with --compression none or on a faster disk")
+        reporter.note(f"note: training waited for data {loop.data_wait:.0%} of the time; raise --reader-threads (now "
+                      f"{cfg.reader_threads}) or --buffer-tokens, or read from a store harvested with --compression none "
+                      "or on a faster disk")
     trainer.check_weights(cfg.n_steps)
     final = {**_finite({k: v for k, v in loop.last.items() if k not in ("step", "tokens", "lr")}), "data_wait": loop.data_wait}
     if store is not None:
@@ -464,8 +466,8 @@ def _loop(cfg: TrainConfig, trainer: _Trainer, stream: BatchStream, start: int, 
         before = time.perf_counter()
         x, y = next(stream)
         wait = time.perf_counter() - before
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True) if y is not None else None
+        x = x.to(device, non_blocking=True).float()  # on CUDA: pinned, in the stored precision
+        y = y.to(device, non_blocking=True).float() if y is not None else None
         log = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps
         metrics = trainer.step(step, x, y, step * cfg.batch_size, log)
         if clock is None:

@@ -20,6 +20,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from jsaectl import lock as locks
+from jsaectl.acts import nonfinite
 from jsaectl import store as st
 from jsaectl.checked import SPARSE_PREFIXES, base_store, crc_ok, describe_chunk
 from jsaectl.errors import ConfigError, StoreError
@@ -154,8 +155,8 @@ def _check_array(report: Report, raw: Any, name: str, array: zarr.Array, meta: d
 
 
 def _nonfinite(name: str, values: np.ndarray, bits: bool) -> int:
-    if bits:  # bfloat16 stored as its uint16 pattern: all-ones exponent is inf or NaN
-        return int(((values & 0x7F80) == 0x7F80).sum())
+    if bits:  # bfloat16 stored as its uint16 pattern
+        return int(nonfinite(values, "bfloat16").sum())
     if values.dtype.kind != "f":
         return 0
     if name.startswith(_NAN_OK):

@@ -17,7 +17,7 @@ from jsaectl.cli import app
 from jsaectl.compare import CompareConfig, compare
 from jsaectl.jacobian import JacobianConfig, jacobian
 from jsaectl.models import load_model
-from jsaectl.pair import LoadedJSAE
+from jsaectl.trained import LoadedJSAE
 from jsaectl.train import TrainConfig, train
 
 runner = CliRunner()

@@ -26,7 +26,7 @@ from jsaectl.export import (
 )
 from jsaectl.jacobian import JacobianConfig, jacobian
 from jsaectl.acts import Activations
-from jsaectl.pair import load_sae
+from jsaectl.trained import load_sae
 from jsaectl.store import open_store
 from jsaectl.sae import TopKSAE
 

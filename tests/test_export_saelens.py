@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from jsaectl.export import ExportConfig, export, sparsify_hookpoint
-from jsaectl.pair import load_sae
+from jsaectl.trained import load_sae
 from jsaectl.store import open_store
 
 pytestmark = pytest.mark.interop

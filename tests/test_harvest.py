@@ -187,3 +187,16 @@ def test_bfloat16_storage_and_a_bfloat16_model(gpt2_dir, corpus, tmp_path):
     half = harvest(HarvestConfig(**common, model_dtype="bfloat16", out=str(tmp_path / "m16.zarr")))
     meta = zarr.open_group(half.store).attrs["jsaectl"]
     assert 0 < meta["mlp"]["reconstruction_rel_error"] < 5e-2 and meta["model"]["dtype"] == "bfloat16"
+
+
+def test_compression_is_a_choice_and_both_read_alike(gpt2_dir, corpus, tmp_path):
+    from jsaectl.acts import Activations
+
+    common = dict(model=str(gpt2_dir), layer=1, dataset=str(corpus), tokens=2048, context_size=32)
+    stores = {c: harvest(HarvestConfig(**common, compression=c, out=str(tmp_path / f"{c}.zarr"))).store for c in ("none", "zstd")}
+    codecs = {c: [k["name"] for k in zarr.open_group(s, mode="r")["x"].metadata.to_dict()["codecs"]] for c, s in stores.items()}
+    assert codecs == {"none": ["bytes", "crc32c"], "zstd": ["bytes", "zstd", "crc32c"]}
+    assert HarvestConfig().compression == "none"
+    a, b = (Activations.open(s) for s in stores.values())
+    assert a.meta["config"]["compression"] == "none" and b.meta["config"]["compression"] == "zstd"
+    assert torch.equal(a.rows("x", 0, 2048), b.rows("x", 0, 2048))

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from jsaectl.cli import app
 from jsaectl.jacobian import JacobianConfig, jacobian
 from jsaectl.maxact import MaxactConfig, maxact
-from jsaectl.pair import LoadedJSAE
+from jsaectl.trained import LoadedJSAE
 
 runner = CliRunner()
 N = 3000
@@ -150,7 +150,7 @@ def test_maxact_cli_json_and_errors(jsae_store, acts_store):
     assert len(doc["latents"]) == 3 and all(len(item["examples"]) == 2 for item in doc["latents"])
     assert set(doc["latents"][0]["examples"][0]) >= {"rank", "activation", "row", "tokens", "activations", "focus"}
     assert totals == sorted(totals, reverse=True) and totals[-1] > 0
-    for args, message in (([jsae_store, "--latent", "999"], "out of range"), ([acts_store, "--latent", "1"], "needs a jsae store"),
+    for args, message in (([jsae_store, "--latent", "999"], "out of range"), ([acts_store, "--latent", "1"], "needs a jsae or jacobian store"),
                           ([jsae_store], "exactly one of"), ([jsae_store, "--connection", "1-2"], "IN:OUT")):
         bad = runner.invoke(app, ["maxact", *args])
         assert bad.exit_code in (1, 2) and bad.stdout == "" and message in bad.stderr, bad.output
@@ -218,10 +218,10 @@ def test_filtering_the_table_by_latent(jac, jsae_store):
     from jsaectl.jacobian import load_result
 
     c = jac.top[0]
-    into = load_result(jac.store, top=5, output_latent=c.output)
+    into = load_result(jac.store, top=5, outputs=(c.output,))
     assert into.top[0].input == c.input and all(x.output == c.output for x in into.top)
     assert [x.strength for x in into.top] == sorted((x.strength for x in into.top), reverse=True)
-    out_of = load_result(jac.store, top=50, input_latent=c.input)
+    out_of = load_result(jac.store, top=50, inputs=(c.input,))
     assert all(x.input == c.input for x in out_of.top) and len(out_of.top) > 1
     again = ["jacobian", jsae_store, "-n", str(N), "--per-token", "--linearity", "30", "-o", jac.store]
     result = runner.invoke(app, [*again, "--output-latent", str(c.output), "--top", "3"])

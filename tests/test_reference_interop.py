@@ -39,7 +39,7 @@ from typer.testing import CliRunner
 from jsaectl.acts import Activations
 from jsaectl.cli import app
 from jsaectl.jsae import JSAE
-from jsaectl.pair import load_jsae
+from jsaectl.trained import load_jsae
 from jsaectl.store import open_store
 
 REF = os.environ.get("JSAECTL_REFERENCE_PYTHON", "")

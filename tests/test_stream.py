@@ -38,7 +38,7 @@ def _take(stream: BatchStream, n: int) -> list[torch.Tensor]:
 
 
 def _stream(acts, **kw) -> BatchStream:
-    args = dict(batch_size=512, lanes=1, rank=0, world=1, seed=3, buffer_tokens=4096, skip_bos=True)
+    args = dict(batch_size=512, lanes=1, rank=0, world=1, seed=3, buffer_tokens=4096, include_bos=False)
     return BatchStream(acts, **{**args, **kw})
 
 
@@ -48,7 +48,7 @@ def test_one_epoch_visits_every_non_bos_row_once(numbered):
     assert len(set(rows)) == len(rows) == (usable // 512) * 512
     assert all(r % T != 0 for r in rows)  # no BOS rows
     assert rows != sorted(rows)  # shuffled
-    with_bos = torch.cat(_take(_stream(numbered, skip_bos=False), N // 512))[:, 0].long().tolist()
+    with_bos = torch.cat(_take(_stream(numbered, include_bos=True), N // 512))[:, 0].long().tolist()
     assert sorted(with_bos) == list(range(N))  # N is 23 batches of 512: one epoch exactly
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import io
 import os
 import signal
@@ -197,18 +198,24 @@ def _root(
         raise typer.Exit(2)
 
 
-def _register() -> None:
-    # Each command module is imported here; heavy libraries are imported inside the commands.
-    from jsaectl.cli import compare, export, harvest, import_pair, jacobian, maxact, train, verify
+def _paragraphs(doc: str | None) -> str:
+    """A module docstring as help: the lines of each paragraph joined, so that the terminal's
+    width, not the source's, decides where lines break."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc or "").split("\n\n"))
 
-    app.command("harvest", help=harvest.__doc__)(harvest.harvest_cmd)
-    app.command("train", help=train.__doc__)(train.train_cmd)
-    app.command("jacobian", help=jacobian.__doc__)(jacobian.jacobian_cmd)
-    app.command("maxact", help=maxact.__doc__)(maxact.maxact_cmd)
-    app.command("compare", help=compare.__doc__)(compare.compare_cmd)
-    app.command("export", help=export.__doc__)(export.export_cmd)
-    app.command("import", help=import_pair.__doc__)(import_pair.import_cmd)
-    app.command("verify", help=verify.__doc__)(verify.verify_cmd)
+
+def _register() -> None:
+    # Each command module is imported here; heavy libraries (torch, zarr, transformers) are
+    # imported inside the commands, so `jsaectl --help` and `--version` start at once.
+    from jsaectl.cli import compare, connections, export, harvest, import_pair, jacobian, maxact, report, train, verify
+
+    for name, module, command in (("harvest", harvest, harvest.harvest_cmd), ("train", train, train.train_cmd),
+                                  ("jacobian", jacobian, jacobian.jacobian_cmd),
+                                  ("connections", connections, connections.connections_cmd), ("maxact", maxact, maxact.maxact_cmd),
+                                  ("compare", compare, compare.compare_cmd), ("report", report, report.report_cmd),
+                                  ("export", export, export.export_cmd),
+                                  ("import", import_pair, import_pair.import_cmd), ("verify", verify, verify.verify_cmd)):
+        app.command(name, help=_paragraphs(module.__doc__))(command)
 
 
 _register()

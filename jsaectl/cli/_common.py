@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,11 +27,21 @@ from jsaectl.units import format_count
 
 class _Console(Console):
     """A rich console that lets a closed pipe (``| head``) end the command through the CLI's
-    error boundary (exit 141, nothing said), not rich's own ``SystemExit(1)``."""
+    error boundary (exit 141, nothing said), not rich's own ``SystemExit(1)``; and that, writing
+    to a file or a pipe, draws tables at their natural width instead of squeezing them into 80
+    columns."""
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
         raise BrokenPipeError
+
+    @property
+    def width(self) -> int:
+        return super().width if self.is_terminal or self._width is not None else 200
+
+    @width.setter
+    def width(self, value: int) -> None:
+        self._width = value
 
 
 # Everything for humans goes to stderr; stdout carries only what the next stage reads.
@@ -178,19 +189,29 @@ class _RateColumn(ProgressColumn):
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.3g}" for k, v in metrics.items())
+    # `wait` is a share of the time (train's data wait)
+    return "  ".join(f"{k} {v:.0%}" if k == "wait" else f"{k} {v:.3g}" for k, v in metrics.items())
 
 
 class RichReporter:
-    """The CLI's :class:`jsaectl.progress.Reporter`: rich progress bars on stderr."""
+    """The CLI's :class:`jsaectl.progress.Reporter`: rich progress bars on a terminal; on a file
+    or a pipe (stderr redirected), plain complete lines instead — one when a phase starts, one
+    at most every 10% or 30 seconds, one when it ends — that no width cuts or wraps."""
+
+    PLAIN_EVERY = 30.0  # seconds between plain progress lines at most
 
     def __init__(self, console: Console = err) -> None:
         self.console = console
         self._progress: Progress | None = None
         self._task: Any = None
+        self._plain: dict[str, Any] | None = None
 
     def start(self, description: str, total: int | None, unit: str) -> None:
         self.finish()
+        if not self.console.is_terminal:
+            self._plain = {"name": description, "total": total, "unit": unit, "done": 0, "began": time.monotonic(),
+                           "said_at": time.monotonic(), "said_done": 0, "metrics": ""}
+            return
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(bar_width=24),
@@ -204,14 +225,35 @@ class RichReporter:
         self._task = self._progress.add_task(description, total=total, metrics="")
 
     def advance(self, n: int, **metrics: float) -> None:
-        if self._progress is not None:
+        if self._plain is not None:
+            p = self._plain
+            p["done"] += n
+            p["metrics"] = _format_metrics(metrics) if metrics else p["metrics"]
+            tenth = p["total"] and p["done"] - p["said_done"] >= p["total"] / 10
+            if tenth or time.monotonic() - p["said_at"] >= self.PLAIN_EVERY:
+                self._say_plain()
+        elif self._progress is not None:
             fields = {"metrics": _format_metrics(metrics)} if metrics else {}
             self._progress.update(self._task, advance=n, **fields)
 
+    def _say_plain(self, final: bool = False) -> None:
+        p = self._plain
+        elapsed = time.monotonic() - p["began"]
+        total = f"/{format_count(p['total'])}" if p["total"] else ""
+        share = f" ({p['done'] / p['total']:.0%})" if p["total"] and not final else ""
+        rate = f", {format_count(p['done'] / elapsed)} {p['unit']}/s" if elapsed > 0 and p["done"] else ""
+        when = f" in {elapsed:.0f} s" if final else ""
+        line = f"{p['name']}: {format_count(p['done'])}{total} {p['unit']}{share}{when}{rate}"
+        self.console.print(line + (f"  {p['metrics']}" if p["metrics"] else ""), markup=False, highlight=False, soft_wrap=True)
+        p["said_at"], p["said_done"] = time.monotonic(), p["done"]
+
     def note(self, message: str) -> None:
-        self.console.print(message, markup=False, highlight=False)
+        self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def finish(self) -> None:
+        if self._plain is not None:
+            self._say_plain(final=True)
+            self._plain = None
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

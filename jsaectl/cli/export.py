@@ -7,7 +7,7 @@ Formats: saelens (sae_in/ and sae_out/: SAELens v6 TopK SAEs), sparsify (layers.
 
 from __future__ import annotations
 
-from jsaectl.cli._common import ConfigOpt, JsonOpt, emit, err
+from jsaectl.cli._common import ConfigOpt, JsonOpt, RichReporter, emit, err
 from jsaectl.cli._generate import from_config
 from jsaectl.configs import ExportConfig
 
@@ -16,7 +16,7 @@ from jsaectl.configs import ExportConfig
 def export_cmd(cfg: ExportConfig, json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
     from jsaectl.export import export
 
-    result = export(cfg)
+    result = export(cfg, RichReporter())
     n = len(result.files)
     err.print(f"wrote {n} file{'' if n == 1 else 's'} ({result.format}) to {result.out}", markup=False)
     emit(result.out, result.summary(), json_out)

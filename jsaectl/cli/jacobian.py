@@ -37,18 +37,23 @@ def sparsity_table(result) -> Table:
     return table
 
 
-def connections_table(result) -> Table:
-    only = result.details.get("filter") or {}
-    which = "".join(f", {side} latent {only[side]} only" for side in ("input", "output") if only.get(side) is not None)
-    table = Table(title=f"top {len(result.top)} connections{which}: input latent → output latent (strength = Σ|J| / tokens)",
-                  title_justify="left")
+def connections_table(connections, title: str) -> Table:
+    """The connections as a table; labels are token text, shown as they are (never as markup)."""
+    table = Table(title=title, title_justify="left")
     for name, justify in (("#", "right"), ("input latent", "left"), ("", "center"), ("output latent", "left"),
                           ("strength", "right"), ("mean |J|", "right"), ("mean J", "right"), ("tokens", "right")):
         table.add_column(name, justify=justify, overflow="fold")
-    for rank, c in enumerate(result.top, 1):
-        table.add_row(str(rank), f"[bold]{c.input}[/] {c.input_label}", "→", f"[bold]{c.output}[/] {c.output_label}",
+    for rank, c in enumerate(connections, 1):
+        table.add_row(str(rank), Text.assemble((str(c.input), "bold"), " ", c.input_label), "→",
+                      Text.assemble((str(c.output), "bold"), " ", c.output_label),
                       f"{c.strength:.3g}", f"{c.mean_abs:.3g}", f"{c.mean:+.3g}", f"{c.count:,}")
     return table
+
+
+def _title(n: int, inputs, outputs) -> str:
+    which = "".join(f", {side} latent{'s' * (len(ids) > 1)} {', '.join(map(str, ids))} only"
+                    for side, ids in (("input", inputs), ("output", outputs)) if ids)
+    return f"top {n} connections{which}: input latent → output latent (strength = Σ|J| / tokens)"
 
 
 def histogram(result, width: int = 40) -> Text:
@@ -77,7 +82,8 @@ def render(result) -> None:
                   f"{lin['agree_within']}) for {lin['ablation_agree']:.1%} of {lin['ablation_checks']:,} checks "
                   f"({lin['ablation_agree_topk_kept']:.1%} of the {lin['ablation_topk_kept']:.0%} where TopK kept its latents)")
     err.print(histogram(result))
-    err.print(connections_table(result))
+    only = result.details.get("filter") or {}
+    err.print(connections_table(result.top, _title(len(result.top), only.get("input"), only.get("output"))))
 
 
 @from_config(JacobianConfig)

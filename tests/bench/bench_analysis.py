@@ -43,7 +43,7 @@ def main() -> None:
     from jsaectl.harvest import HarvestConfig, harvest
     from jsaectl.jacobian import JacobianConfig, jacobian
     from jsaectl.maxact import MaxactConfig, maxact
-    from jsaectl.pair import LoadedJSAE
+    from jsaectl.trained import LoadedJSAE
     from jsaectl.train import TrainConfig, train
 
     sys_path = Path(__file__).resolve().parent

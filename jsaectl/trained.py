@@ -106,7 +106,9 @@ class LoadedJSAE:
     @classmethod
     def open(cls, url: str, *, acts: str | None = None, device: torch.device | str = "cpu",
              include_bos: bool = False) -> LoadedJSAE:
-        store = st.open_store(url, "jsae")
+        store = st.open_store(url, ("jsae", "jacobian"))
+        if store.kind == "jacobian":  # it stands for the JSAE it was made from
+            store = st.open_store(store.meta["jsae_store"], "jsae")
         acts_url = acts or store.meta["acts_store"]
         try:
             activations = Activations.open(acts_url)
