@@ -229,6 +229,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: str) -> None:
     from safetensors.torch import save_file
 
     save_file(tensors, path, metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~_umask())  # safetensors makes it private; the export's files are alike
 
 
 def _save_json(data: dict[str, Any], path: str) -> None:

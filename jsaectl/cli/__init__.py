@@ -111,11 +111,29 @@ def _environment_error(e: BaseException) -> tuple[str, str] | None:
     return None
 
 
+def _plain_flags(command: Any, ctx: Any) -> None:
+    """No type label beside an option that takes no value (--json, --help): `<bool>` there reads
+    as if it wanted one."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
 class _Boundary(TyperGroup):
     """Turns every failure into one line on stderr and an exit code (1: the input or the run
     failed, 2: the command line was wrong, 128 + N: signal N, 141: stdout closed). Nothing is
     written to stdout on failure, so a pipe stops. ``JSAECTL_DEBUG=1`` re-raises so the
     traceback shows."""
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _plain_flags(command, ctx)
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _plain_flags(self, ctx)
+        super().format_help(ctx, formatter)
 
     def invoke(self, ctx: Any) -> Any:
         try:

@@ -105,6 +105,7 @@ ConfigOpt = Annotated[
 OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Where to write the store: a path or an fsspec URL (s3://…).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store at --out that was made with a different config.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document (the store URL and summary figures) instead of the URL.")]
+ResultJsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout instead of the table.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 
-from jsaectl.cli._common import ConfigOpt, JsonOpt, RichReporter, out_console
+from jsaectl.cli._common import ConfigOpt, ResultJsonOpt, RichReporter, out_console
 from jsaectl.cli._generate import from_config
 from jsaectl.configs import MaxactConfig
 
@@ -57,7 +57,7 @@ def render(result, console: Console) -> None:
 
 
 @from_config(MaxactConfig)
-def maxact_cmd(cfg: MaxactConfig, json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
+def maxact_cmd(cfg: MaxactConfig, json_out: ResultJsonOpt = False, config: ConfigOpt = None) -> None:
     import json
     import sys
 
