@@ -20,9 +20,9 @@ from jsaectl.errors import ConfigError
 
 COLUMNS = ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean")
 SORTS = {"strength": "strength", "mean": "mean_abs", "count": "count"}  # --sort name -> column
-# Rows per chunk of the connection columns: small, so that a latent's scattered rows are read
-# from small chunks (4M pairs: 61 chunks of 256 KB per float32 column).
-CHUNK_ROWS = 1 << 16
+# Rows per chunk of the connection columns: small, so that the few scattered rows a query
+# wants are read from small chunks (64 KB of a float32 column).
+CHUNK_ROWS = 1 << 14
 
 
 @dataclass
@@ -77,22 +77,26 @@ def _latent_rows(store: st.Store, side: str, latents: tuple[int, ...]) -> np.nda
     return np.sort(rows)
 
 
-def _columns(store: st.Store, rows: np.ndarray) -> dict[str, np.ndarray]:
-    conn = {name: store.array(f"connections/{name}") for name in COLUMNS}
-    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # a run of rows: a slice reads fastest
-        cols = {name: arr[int(rows[0]) : int(rows[-1]) + 1] for name, arr in conn.items()}
+def _read(store: st.Store, name: str, rows: np.ndarray) -> np.ndarray:
+    """Column ``name`` at ``rows`` (sorted): a slice when they are one run, else only their chunks."""
+    arr = store.array(f"connections/{name}")
+    if len(rows) == 0:
+        return np.zeros(0, dtype=arr.dtype)
+    if rows[-1] - rows[0] + 1 == len(rows):
+        values = arr[int(rows[0]) : int(rows[-1]) + 1]
     else:
-        cols = {name: arr.get_orthogonal_selection(rows) if len(rows) else np.zeros(0, dtype=arr.dtype)
-                for name, arr in conn.items()}
-    for name in ("strength", "mean_abs", "max_abs", "mean"):
-        st.check_finite(cols[name], f"{store.url}: connections/{name}")
-    return cols
+        values = arr.get_orthogonal_selection(rows)
+    if values.dtype.kind == "f":
+        st.check_finite(values, f"{store.url}: connections/{name}")
+    return values
 
 
 def query(store: st.Store, *, inputs: tuple[int, ...] = (), outputs: tuple[int, ...] = (), top: int = 20,
           min_strength: float = 0.0, sort: str = "strength") -> list[Connection]:
     """The connections from ``inputs`` and/or into ``outputs`` (all when neither is given),
-    with strength ≥ ``min_strength``, the ``top`` first by ``sort`` (0: all)."""
+    with strength ≥ ``min_strength``, the ``top`` first by ``sort`` (0: all). Reads the
+    candidates' rows from the index, then only the columns that filter and order them, and
+    all columns only for the rows returned."""
     n, total = int(store.meta["n_latents"]), store.array("connections/input").shape[0]
     for latent in (*inputs, *outputs):
         if not 0 <= latent < n:
@@ -100,27 +104,36 @@ def query(store: st.Store, *, inputs: tuple[int, ...] = (), outputs: tuple[int, 
     if sort not in SORTS:
         raise ConfigError(f"--sort must be one of {', '.join(SORTS)}, not {sort!r}")
     if inputs or outputs:
-        side, latents, other = ("input", inputs, outputs) if inputs and (not outputs or len(inputs) <= len(outputs)) \
-            else ("output", outputs, inputs)
-        rows = _latent_rows(store, side, latents)
-        cols = _columns(store, rows)
-        if other:
-            keep = np.isin(cols["output" if side == "input" else "input"], other)
-            cols = {k: v[keep] for k, v in cols.items()}
-    elif sort == "strength":  # the rows are in this order: read only the first ones
-        strength = store.array("connections/strength")
+        rows = _candidates(store, inputs, outputs)
+    elif sort == "strength":  # the rows are in this order: only the first ones are read
         end = total if top == 0 else min(total, top)
         if min_strength > 0:
-            end = min(end, _first_below(strength, min_strength, total))
-        cols = _columns(store, np.arange(end))
+            end = min(end, _first_below(store.array("connections/strength"), min_strength, total))
+        rows = np.arange(end)
     else:
-        cols = _columns(store, np.arange(total))
-    keep = cols["strength"] >= min_strength
-    cols = {k: v[keep] for k, v in cols.items()}
-    order = np.argsort(-cols[SORTS[sort]], kind="stable")  # ties keep the strongest-first order
-    if top:
-        order = order[:top]
-    return _connections(store, {k: v[order] for k, v in cols.items()})
+        rows = np.arange(total)
+    if min_strength > 0 and len(rows):
+        rows = rows[_read(store, "strength", rows) >= min_strength]
+    if sort != "strength" and len(rows):
+        key = _read(store, SORTS[sort], rows)
+        order = np.argsort(-key, kind="stable")  # ties keep the strongest-first order
+        rows = rows[order[:top] if top else order]
+    elif top:
+        rows = rows[:top]  # candidates are in row order: strongest first
+    chosen = np.sort(rows)
+    cols = {name: _read(store, name, chosen) for name in COLUMNS}
+    back = np.searchsorted(chosen, rows)  # the order decided above
+    return _connections(store, {k: v[back] for k, v in cols.items()})
+
+
+def _candidates(store: st.Store, inputs: tuple[int, ...], outputs: tuple[int, ...]) -> np.ndarray:
+    """Rows (ascending: strongest first) with one of ``inputs`` as input and/or ``outputs`` as output."""
+    side, latents, other = ("input", inputs, outputs) if inputs and (not outputs or len(inputs) <= len(outputs)) \
+        else ("output", outputs, inputs)
+    rows = _latent_rows(store, side, latents)
+    if other:
+        rows = rows[np.isin(_read(store, "output" if side == "input" else "input", rows), other)]
+    return rows
 
 
 def _first_below(strength: Any, threshold: float, total: int) -> int:

@@ -205,9 +205,12 @@ class Store:
 
 def check_finite(values: Any, where: str) -> None:
     """Refuse NaN or inf in ``values`` (a numpy array or a torch tensor)."""
-    import torch
+    if isinstance(values, np.ndarray):  # numpy: no need to import torch for it
+        bad = not np.isfinite(values).all()
+    else:
+        import torch
 
-    bad = (~torch.isfinite(values)).any().item() if isinstance(values, torch.Tensor) else not np.isfinite(values).all()
+        bad = (~torch.isfinite(values)).any().item() if isinstance(values, torch.Tensor) else not np.isfinite(values).all()
     if bad:
         raise StoreError(f"{where} holds non-finite values (NaN or inf)",
                          hint="a result computed from them would be meaningless; run `jsaectl verify` on the store, "

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import (
     BarColumn,
     Progress,
@@ -36,12 +36,15 @@ class _Console(Console):
         raise BrokenPipeError
 
     @property
-    def width(self) -> int:
-        return super().width if self.is_terminal or self._width is not None else 200
+    def size(self) -> ConsoleDimensions:
+        found = super().size
+        if self.is_terminal or self._width is not None:
+            return found
+        return ConsoleDimensions(200, found.height)
 
-    @width.setter
-    def width(self, value: int) -> None:
-        self._width = value
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
 
 
 # Everything for humans goes to stderr; stdout carries only what the next stage reads.
