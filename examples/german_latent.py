@@ -47,10 +47,10 @@ def firing_rates(jsae: str, acts: str, tokens: int) -> torch.Tensor:
     model = LoadedJSAE.open(jsae, acts=acts)
     fired = torch.zeros(model.n_latents)
     n = 0
-    for batch in model.batches(tokens, 2048, with_jacobian=False):
-        active = batch.code_out.indices[batch.code_out.values > 0]
+    for rows, code in model.codes("out", tokens, 2048):
+        active = code.indices[code.values > 0]
         fired += torch.bincount(active, minlength=model.n_latents).float()
-        n += len(batch.rows)
+        n += len(rows)
     return fired / n
 
 
@@ -88,7 +88,7 @@ def main() -> None:
         print(f"  output latent {o:5d}: German {rates['de'][o]:.1%}, English {rates['en'][o]:.2%}")
 
     top = best[0]
-    inputs = load_result(args.jacobian, top=8, output_latent=top)
+    inputs = load_result(args.jacobian, top=8, outputs=(top,))
     print(f"\ninput latents that compute output latent {top} (label: {inputs.top[0].output_label if inputs.top else '?'}):")
     for c in inputs.top:
         print(f"  input {c.input:5d} {c.input_label:40s} strength {c.strength:.3g}  mean J {c.mean:+.3f}  on {c.count:,} tokens")

@@ -5,7 +5,7 @@
 # Everything is evaluated on the bundled held-out text, which neither the model nor the SAEs saw.
 #   bash examples/reproduce_paper.sh [OUTDIR]
 # Environment: TRAIN_TOKENS (default 1.5M, two passes over the bundled sample), LAMS (default "0 1 2.67 8 24").
-# Needs matplotlib for the plot (pip install 'jsaectl[plot]'); about 45 minutes on 2 CPU cores.
+# Needs matplotlib for the plot (pip install 'jsaectl[plot]'); about 75 minutes on 2 CPU cores.
 # Every stage skips work that is already done, so an interrupted run picks up where it stopped.
 set -euo pipefail
 OUT=${1:-runs/paper}
@@ -23,10 +23,13 @@ RAND=$(jsaectl harvest --tokens 1M --random-init --seed 0 --out "$OUT/acts-rando
 HELDOUT=$(jsaectl harvest --dataset jsaectl-heldout --tokens 1M --out "$OUT/heldout.zarr")
 RAND_HELDOUT=$(jsaectl harvest --dataset jsaectl-heldout --tokens 1M --random-init --seed 0 --out "$OUT/heldout-random.zarr")
 
-for lam in $LAMS; do
-    jsaectl train "$ACTS" --lam "$lam" --tokens "$TRAIN_TOKENS" --out "$OUT/jsae-lam$lam.zarr" >/dev/null
-done
-jsaectl train "$RAND" --lam 2.67 --tokens "$TRAIN_TOKENS" --out "$OUT/jsae-random-lam2.67.zarr" >/dev/null
+# train ACTS λ OUT: a new run, or --resume one that an earlier call left at OUT (a finished run is skipped).
+train() {
+    local resume=(); [ -e "$3" ] && resume=(--resume)
+    jsaectl train "$1" --lam "$2" --tokens "$TRAIN_TOKENS" --out "$3" "${resume[@]}" >/dev/null
+}
+for lam in $LAMS; do train "$ACTS" "$lam" "$OUT/jsae-lam$lam.zarr"; done
+train "$RAND" 2.67 "$OUT/jsae-random-lam2.67.zarr"
 
 echo "== 1. λ sweep on held-out text; λ = 0 is the plain SAE pair"
 for lam in $LAMS; do echo "$OUT/jsae-lam$lam.zarr"; done \

@@ -77,7 +77,7 @@ class HarvestConfig:
     """Also store the MLP output y (otherwise train recomputes it from the stored MLP weights)."""
     compression: str = option("none")
     """How x (and y) are stored: none (the default: activations compress by only ~8%, and
-    uncompressed they are written ~1.8× and read for training ~1.4× faster) or zstd. Every chunk
+    uncompressed they are written ~1.6× and read for training ~1.4× faster) or zstd. Every chunk
     carries a crc32c checksum either way."""
     allow_nonfinite: bool = option(False)
     """Store NaN, inf or float16 overflows as 0 and count them in the store's attrs, instead of

@@ -19,18 +19,25 @@ zarr read of the same bytes (the floor).
 Activations are random normal here, which zstd compresses about as badly as real ones (real
 activations: 563 MB for 614 MB raw at d_model 768).
 
-Measured on the 2-core CPU development machine (2026-11-28, torch 2.13.0 CPU, 2 threads; a
-shared host), full shape, median of 3 rounds taking turns, `--train-steps 6`:
+Measured on the 2-core CPU development machine (2026-11-29, torch 2.13.0 CPU, 2 threads; a
+shared host; the stream reading chunks on several threads), full shape, median of 3 rounds
+taking turns, `--train-steps 6` (9 min 12 s):
 
   variant          write MB/s   on disk  stream tokens/s  sequential read  train tokens/s
-  zstd + crc32c           166     555MB           59,967          188,208             616
-  zstd                    147     555MB           59,532          231,969             654
-  none + crc32c           220     604MB           64,578          411,559             613
-  none                    224     604MB           60,580          368,051             587
+  zstd + crc32c           155     555MB           76,906          173,691             700
+  zstd                    127     555MB           95,220          231,686             699
+  none + crc32c           253     604MB          109,685          486,832             659
+  none                    242     604MB          127,839          501,835             709
 
-  The checksum's cost is inside this host's noise: write -12.6% / +1.7%, stream -0.7% / -6.6%,
-  train +5.9% / -4.4% (zstd / none; negative: faster with the checksum). crc32c runs at
-  ~20 GB/s here, 0.05 ms per 1 MiB chunk.
+  Uncompressed (harvest's default since 2026-11-28): 8.8% more disk, written 1.63× and streamed
+  1.43× faster than zstd (both with checksums). The checksum: write -22.0% / -4.6% (zstd / none;
+  negative: faster with it, i.e. noise), train -0.2% / +7.1% (the stream runs far ahead of
+  training, data wait 0%), but the stream alone is 19% / 14% slower with it. crc32c itself runs
+  at ~10 GB/s here (google-crc32c, C), so the stream's cost is not the checksum's arithmetic
+  (0.1 s for two passes over 604 MB) but, presumably, the buffer handling around it (not
+  measured apart); at 110k tokens/s on 2 cores the uncompressed stream still feeds ~27
+  training steps of 4096 tokens a second. The previous run (2026-11-28, one reader thread):
+  stream 59,967 / 59,532 / 64,578 / 60,580 tokens/s for the same four.
 """
 
 from __future__ import annotations

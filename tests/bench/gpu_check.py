@@ -158,7 +158,7 @@ def correctness(device: torch.device, root: Path, tiny: bool) -> dict[str, Any]:
             else:
                 f_s = lambda s: dense(sae_out, mlp.forward((s @ sae_in.W_dec + sae_in.b_dec)[None]))[0]  # noqa: E731
             ref = torch.func.jacrev(f_s)(s0)[res.jac_out.indices[b]][:, res.code_in.indices[b]]
-            errors.append(float((ref - res.J[b]).abs().max()))
+            errors.append(float((ref - res.J[b]).abs().max().detach()))
         worst[at] = max(errors)
     out["jacobian_vs_jacrev_max_abs"] = worst
     # Resume exactness: interrupted after a checkpoint, resumed, against one run straight through
