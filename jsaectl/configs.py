@@ -202,7 +202,10 @@ class TrainConfig:
     """Threads reading and decompressing the store's chunks for training (raise it if training
     says it waits for data)."""
     checkpoint_every: int = option(500, identity=False)
-    """Steps between checkpoints in the store (0: no checkpoint before the end)."""
+    """Steps between checkpoints in the store (0: none by step count)."""
+    checkpoint_minutes: float = option(5.0, identity=False)
+    """Also checkpoint once this many minutes have passed since the last checkpoint (at the next
+    logging step), so that a slow run is never lost whole (0: by step count only)."""
     log_every: int = option(10, identity=False)
     """Steps between records of history/."""
     resume: bool = option(False, identity=False)
@@ -219,7 +222,7 @@ class TrainConfig:
         check_finite(self)
         positive(self, "k", "expansion", "lr", "batch_size", "tokens", "log_every", "data_lanes", "auxk_k", "buffer_tokens",
                  "dead_tokens", "latents", "reader_threads")
-        positive(self, "lam", "auxk", "grad_clip", "checkpoint_every", zero=True)
+        positive(self, "lam", "auxk", "grad_clip", "checkpoint_every", "checkpoint_minutes", zero=True)
         if self.latents is not None and self.k > self.latents:
             raise ConfigError(f"--k {self.k} is more than --latents {self.latents}", hint="k active latents need at least k latents")
         _fractions(self, "lam_warmup", "lr_warmup", "lr_decay")

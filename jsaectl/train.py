@@ -461,7 +461,7 @@ def _loop(cfg: TrainConfig, trainer: _Trainer, stream: BatchStream, start: int, 
     last: dict[str, float] = {}
     clock: float | None = None  # starts after the first step, which pays for warm-up allocations
     waited = window_wait = 0.0
-    window_start = time.perf_counter()
+    window_start = saved_at = time.perf_counter()
     for step in range(start, cfg.n_steps):
         before = time.perf_counter()
         x, y = next(stream)
@@ -487,7 +487,7 @@ def _loop(cfg: TrainConfig, trainer: _Trainer, stream: BatchStream, start: int, 
                  "wait": last["data_wait"]} if last else {}
         reporter.advance(cfg.batch_size, **shown)
         done = step + 1
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.n_steps:
+        if done < cfg.n_steps and _checkpoint_due(cfg, done, log, saved_at, dist, device):
             trainer.check_weights(done)  # never checkpoint a diverged run over the last good one
             if store is not None:
                 _append_history(store, pending)
@@ -495,12 +495,29 @@ def _loop(cfg: TrainConfig, trainer: _Trainer, stream: BatchStream, start: int, 
                 _save_checkpoint(store, trainer.jsae, trainer.opt, {"step": done}, trainer.last_fired)
                 store.update_meta(checkpoint_step=done)
             _barrier(dist)
+            saved_at = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - clock if clock else 0.0
     timed_steps = cfg.n_steps - start - 1
     tps = timed_steps * cfg.batch_size / elapsed if elapsed > 0 and timed_steps > 0 else 0.0
     return _LoopResult(last, pending, tps, waited / elapsed if elapsed > 0 else 0.0)
+
+
+def _checkpoint_due(cfg: TrainConfig, done: int, log: bool, saved_at: float, dist: Dist, device: torch.device) -> bool:
+    """Every --checkpoint-every steps, and at a logging step once --checkpoint-minutes have passed
+    since the last checkpoint. Rank 0's clock decides for every process of a distributed run,
+    since all of them write the checkpoint together."""
+    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+        return True
+    if not (cfg.checkpoint_minutes and log):
+        return False
+    due = time.perf_counter() - saved_at >= 60 * cfg.checkpoint_minutes
+    if dist.world > 1:
+        flag = torch.tensor([float(due)], device=device)
+        torch.distributed.broadcast(flag, src=0)
+        due = bool(flag.item())
+    return due
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:

@@ -86,8 +86,11 @@ def test_variants_train(acts, tmp_path, extra):
     assert result.exit_code == 0, result.output
 
 
-def test_resume_after_sigkill_gives_the_same_weights(acts, tmp_path):
-    args = [acts, *SMALL, "--tokens", "40k", "--checkpoint-every", "20"]
+@pytest.mark.parametrize("every", [["--checkpoint-every", "20", "--checkpoint-minutes", "0"],
+                                   ["--checkpoint-every", "0", "--checkpoint-minutes", "0.0005"]],  # by the clock: every 30 ms
+                         ids=["by-steps", "by-minutes"])
+def test_resume_after_sigkill_gives_the_same_weights(acts, tmp_path, every):
+    args = [acts, *SMALL, "--tokens", "40k", *every]
     reference = _train(args + ["-o", str(tmp_path / "ref.zarr")])
     assert reference.returncode == 0, reference.stderr
 
@@ -115,7 +118,8 @@ def test_resume_after_sigkill_gives_the_same_weights(acts, tmp_path):
 
 
 def test_ddp_with_two_processes_matches_one_process(acts, tmp_path):
-    args = [acts, *SMALL, "--tokens", "10k", "--data-lanes", "2", "--device", "cpu"]
+    # checkpoints by the clock too: rank 0 decides for both processes (a disagreement would hang)
+    args = [acts, *SMALL, "--tokens", "10k", "--data-lanes", "2", "--device", "cpu", "--checkpoint-minutes", "0.0001"]
     single = _train(args + ["-o", str(tmp_path / "one.zarr")])
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
