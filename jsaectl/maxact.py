@@ -24,7 +24,7 @@ from jsaectl.configs import MaxactConfig
 from jsaectl.trained import Batch, LoadedJSAE
 from jsaectl.sae import Encoded
 from jsaectl.progress import SILENT, Reporter
-from jsaectl.topk import TopExamples
+from jsaectl.topk import TopExamples, slots
 
 
 
@@ -114,14 +114,11 @@ def maxact(cfg: MaxactConfig, reporter: Reporter = SILENT) -> MaxactResult:
 
 def _scan_latents(cfg: MaxactConfig, model: LoadedJSAE, n_tokens: int, reporter: Reporter) -> MaxactResult:
     tracked = torch.tensor(cfg.latents, dtype=torch.int64) if cfg.latents else torch.arange(model.n_latents)
-    slot = torch.full((model.n_latents,), -1, dtype=torch.int64)
-    slot[tracked] = torch.arange(len(tracked))
+    slot = slots(tracked, model.n_latents)
     tops = TopExamples(len(tracked), cfg.examples)
     reporter.start("maxact", model.analysed_rows(n_tokens), "tokens")
     for rows, code in model.codes(cfg.side, n_tokens, cfg.batch_size):
-        idx, val = code.indices.cpu(), code.values.cpu()
-        where = (val > 0) & (slot[idx] >= 0)
-        tops.update(slot[idx[where]], val[where], rows.cpu()[:, None].expand_as(idx)[where])
+        tops.update_codes(code.indices.cpu(), code.values.cpu(), rows.cpu(), slot)
         reporter.advance(len(rows))
     reporter.finish()
     order = range(len(tracked))
@@ -131,8 +128,7 @@ def _scan_latents(cfg: MaxactConfig, model: LoadedJSAE, n_tokens: int, reporter:
 
     items = []
     for s in order:
-        valid = tops.rows[s] >= 0
-        rows, scores = tops.rows[s][valid].numpy(), tops.values[s][valid].numpy()
+        rows, scores = tops.found(s)
         latent = int(tracked[s])
         found = examples(model, cfg.side, latent, rows, scores, cfg.context)
         ids = np.array([model.acts.tokens(int(r), int(r) + 1)[0] for r in rows], dtype=np.int64)
@@ -159,8 +155,7 @@ def _scan_connection(cfg: MaxactConfig, model: LoadedJSAE, n_tokens: int, report
             tops.update(torch.zeros(int(both.sum()), dtype=torch.int64), score.cpu(), rows[both].cpu())
         reporter.advance(len(rows))
     reporter.finish()
-    valid = tops.rows[0] >= 0
-    rows, scores = tops.rows[0][valid].numpy(), tops.values[0][valid].numpy()
+    rows, scores = tops.found(0)
     extras = []
     for r in rows:
         b = model.window(int(r), int(r) + 1, jacobian="value")

@@ -35,7 +35,7 @@ from jsaectl.configs import ReportConfig
 from jsaectl.errors import StoreError
 from jsaectl.maxact import Example, examples
 from jsaectl.progress import SILENT, Reporter
-from jsaectl.topk import TopExamples
+from jsaectl.topk import TopExamples, slots
 from jsaectl.trained import LoadedJSAE
 
 ASSETS = ("report.css", "report.js")
@@ -99,9 +99,7 @@ def _scan(model: LoadedJSAE, top: list[conn.Connection], cfg: ReportConfig, repo
     n = model.n_latents
     inputs, outputs = sorted({c.input for c in top}), sorted({c.output for c in top})
     pairs = sorted({(c.input, c.output) for c in top})
-    slots = {side: torch.full((n,), -1, dtype=torch.int64) for side in ("in", "out")}
-    for side, latents in (("in", inputs), ("out", outputs)):
-        slots[side][torch.tensor(latents, dtype=torch.int64)] = torch.arange(len(latents))
+    slot = {"in": slots(inputs, n), "out": slots(outputs, n)}
     keys = torch.tensor([i * n + o for i, o in pairs], dtype=torch.int64)
     tops = {"in": TopExamples(len(inputs), cfg.examples), "out": TopExamples(len(outputs), cfg.examples),
             "pair": TopExamples(len(pairs), cfg.examples)}
@@ -109,9 +107,7 @@ def _scan(model: LoadedJSAE, top: list[conn.Connection], cfg: ReportConfig, repo
     for batch in model.batches(cfg.tokens, cfg.batch_size):
         rows = batch.rows.cpu()
         for side, code in (("in", batch.code_in), ("out", batch.code_out)):
-            idx, val = code.indices.cpu(), code.values.cpu()
-            hit = (val > 0) & (slots[side][idx] >= 0)
-            tops[side].update(slots[side][idx[hit]], val[hit], rows[:, None].expand_as(idx)[hit])
+            tops[side].update_codes(code.indices.cpu(), code.values.cpu(), rows, slot[side])
         both = ((batch.jac_out.values > 0)[:, :, None] & (batch.code_in.values > 0)[:, None, :]).cpu()
         pair_keys = (batch.code_in.indices[:, None, :] * n + batch.jac_out.indices[:, :, None]).cpu()[both]
         pos = torch.searchsorted(keys, pair_keys).clamp(max=len(keys) - 1)
@@ -120,11 +116,6 @@ def _scan(model: LoadedJSAE, top: list[conn.Connection], cfg: ReportConfig, repo
         reporter.advance(len(batch.rows))
     reporter.finish()
     return _Scan(inputs, outputs, pairs, tops)
-
-
-def _found(tops: TopExamples, slot: int) -> tuple[np.ndarray, np.ndarray]:
-    valid = tops.rows[slot] >= 0
-    return tops.rows[slot][valid].numpy(), tops.values[slot][valid].numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +147,7 @@ def _pages(jac: st.Store, model: LoadedJSAE, top: list[conn.Connection], scan: _
     latents = []
     for side, ids in (("in", scan.inputs), ("out", scan.outputs)):
         for slot, latent in enumerate(ids):
-            rows, scores = _found(scan.tops[side], slot)
+            rows, scores = scan.tops[side].found(slot)
             strongest = conn.query(jac, inputs=(latent,) if side == "in" else (), outputs=(latent,) if side == "out" else (),
                                    top=12)
             latents.append({"side": side, "id": latent, "label": str(labels[side][latent]), "count": int(counts[side][latent]),
@@ -164,7 +155,7 @@ def _pages(jac: st.Store, model: LoadedJSAE, top: list[conn.Connection], scan: _
                             "connections": strongest})
     pairs = []
     for slot, (i, o) in enumerate(scan.pairs):
-        rows, scores = _found(scan.tops["pair"], slot)
+        rows, scores = scan.tops["pair"].found(slot)
         c = next(c for c in top if (c.input, c.output) == (i, o))
         pairs.append({"connection": c, "examples": _example_rows(examples(model, "out", o, rows, scores, cfg.context,
                                                                         input_latent=i))})

@@ -9,6 +9,7 @@ never formed).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -42,7 +43,25 @@ class TopExamples:
         self.values[lat[keep], rank[keep]] = val[keep]
         self.rows[lat[keep], rank[keep]] = row[keep]
 
-    def update_codes(self, indices: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> None:
-        """Add a batch of TopK codes: ``indices, values [B, k]``, ``rows [B]``."""
+    def update_codes(self, indices: torch.Tensor, values: torch.Tensor, rows: torch.Tensor,
+                     slot: torch.Tensor | None = None) -> None:
+        """Add a batch of TopK codes: ``indices, values [B, k]``, ``rows [B]``. With ``slot``
+        (from :func:`slots`), only the tracked latents count, each in its own slot."""
         active = values > 0
+        if slot is not None:
+            active &= slot[indices] >= 0
+            indices = slot[indices]
         self.update(indices[active], values[active], rows[:, None].expand_as(indices)[active])
+
+    def found(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, values)`` of one slot's examples, best first."""
+        valid = self.rows[slot] >= 0
+        return self.rows[slot][valid].cpu().numpy(), self.values[slot][valid].cpu().numpy()
+
+
+def slots(tracked: torch.Tensor | list[int], n_latents: int) -> torch.Tensor:
+    """``[n_latents]``: each tracked latent's slot in a :class:`TopExamples` table, -1 for the rest."""
+    tracked = torch.as_tensor(tracked, dtype=torch.int64)
+    slot = torch.full((n_latents,), -1, dtype=torch.int64)
+    slot[tracked] = torch.arange(len(tracked))
+    return slot
