@@ -48,18 +48,21 @@ def write(group: Any, columns: dict[str, np.ndarray], n_latents: int) -> None:
     """``connections/`` (rows strongest first) and ``index/``; ``group`` is the store's root."""
     conn = group.require_group("connections")
     for name in COLUMNS:
-        values = columns[name]
-        arr = st.create_array(conn, name, shape=values.shape, dtype=values.dtype, chunks=(min(len(values), CHUNK_ROWS) or 1,),
-                              dimension_names=("connection",))
-        arr[...] = values
+        _write_rows(conn, name, columns[name])
     index = group.require_group("index")
     for side in ("input", "output"):
         latents = columns[side]
         rows = np.argsort(latents, kind="stable").astype(np.int64)  # stable: strongest first within a latent
         offsets = np.searchsorted(latents[rows], np.arange(n_latents + 1)).astype(np.int64)
-        st.create_array(index, f"by_{side}", shape=rows.shape, dtype="int64", chunks=(min(len(rows), CHUNK_ROWS) or 1,),
-                        dimension_names=("connection",))[...] = rows
+        _write_rows(index, f"by_{side}", rows)
         st.write_array(index, f"{side}_offsets", offsets)
+
+
+def _write_rows(group: Any, name: str, values: np.ndarray) -> None:
+    """A per-connection column, in chunks of CHUNK_ROWS rows (a query reads only the chunks it needs)."""
+    arr = st.create_array(group, name, shape=values.shape, dtype=values.dtype, chunks=(min(len(values), CHUNK_ROWS) or 1,),
+                          dimension_names=("connection",))
+    arr[...] = values
 
 
 def _latent_rows(store: st.Store, side: str, latents: tuple[int, ...]) -> np.ndarray:

@@ -88,7 +88,7 @@ class LaneReader:
         epoch, offset = 0, start
         pending: tuple[_Group, Future] | None = None
         while True:
-            groups = [g for g in self._groups(epoch)]
+            groups = self._groups(epoch)
             for i, group in enumerate(groups):
                 if offset >= group.size:
                     offset -= group.size
