@@ -21,8 +21,9 @@ import tempfile
 import torch
 
 from jsaectl.data import bundled_corpus_path
+from jsaectl.store import open_store
 from jsaectl.harvest import HarvestConfig, harvest
-from jsaectl.jacobian import load_result
+from jsaectl.connections import query
 from jsaectl.maxact import MaxactConfig, maxact
 from jsaectl.trained import LoadedJSAE
 from jsaectl.units import parse_count
@@ -88,14 +89,14 @@ def main() -> None:
         print(f"  output latent {o:5d}: German {rates['de'][o]:.1%}, English {rates['en'][o]:.2%}")
 
     top = best[0]
-    inputs = load_result(args.jacobian, top=8, outputs=(top,))
-    print(f"\ninput latents that compute output latent {top} (label: {inputs.top[0].output_label if inputs.top else '?'}):")
-    for c in inputs.top:
+    inputs = query(open_store(args.jacobian, "jacobian"), top=8, outputs=(top,))
+    print(f"\ninput latents that compute output latent {top} (label: {inputs[0].output_label if inputs else '?'}):")
+    for c in inputs:
         print(f"  input {c.input:5d} {c.input_label:40s} strength {c.strength:.3g}  mean J {c.mean:+.3f}  on {c.count:,} tokens")
     show(maxact(MaxactConfig(jsae=args.jsae, side="out", latents=(top,), examples=6, context=8)),
          f"where output latent {top} fires (bundled corpus, both languages):")
-    if inputs.top:
-        show(maxact(MaxactConfig(jsae=args.jsae, side="in", latents=tuple(c.input for c in inputs.top[:3]), examples=4, context=6)),
+    if inputs:
+        show(maxact(MaxactConfig(jsae=args.jsae, side="in", latents=tuple(c.input for c in inputs[:3]), examples=4, context=6)),
              "where its three strongest input latents fire:")
 
 

@@ -8,40 +8,35 @@ This module imports nothing heavy, so that the command line can be built (``jsae
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
-from jsaectl.errors import ConfigError
-from jsaectl.options import check_finite, one_of, option, positive
+from jsaectl.errors import ConfigError, shown
+from jsaectl.options import check_types, fractions, option, positive, thresholds
 
 BUNDLED_MODEL = "jsaectl-demo"  # the tiny English/German GPT-NeoX model shipped in assets/model
 BUNDLED_DEFAULT_LAYER = 2  # the middle of its 4 layers
 BUNDLED_CORPUS = "jsaectl-sample"  # the default --dataset: assets/corpus/sample.jsonl
 BUNDLED_HELDOUT = "jsaectl-heldout"  # held-out documents of the same sources: assets/corpus/heldout.jsonl
 
-STORE_DTYPES = ("float16", "float32", "bfloat16")
-COMPRESSIONS = ("zstd", "none")
-INIT_SCHEMES = ("tl", "hf")  # see models.py
-JACOBIAN_AT = ("x", "reconstruction")  # see jsae.py
-THRESHOLDS = (0.005, 0.01, 0.015, 0.02, 0.04)  # the paper's |J| thresholds
-NORMALISED_THRESHOLDS = (0.5, 1.0, 2.0, 4.0)  # multiples of a token's rms |J| (sparsity.py)
-SIDES = ("in", "out")
-CONNECTION_SORTS = ("strength", "mean", "count")
-RANK_BY = ("jacobian", "product")
-WEIGHT_FORMATS = ("saelens", "sparsify", "jsae-pair")
-CONNECTION_FORMATS = ("connections-csv", "connections-jsonl")
+# The choices of choice options: --help lists them, check_types refuses anything else.
+StoreDtype = Literal["float16", "float32", "bfloat16"]
+Compression = Literal["none", "zstd"]
+InitScheme = Literal["tl", "hf"]  # see models.py
+JacobianAt = Literal["x", "reconstruction"]  # see jsae.py
+Side = Literal["in", "out"]
+ConnectionSort = Literal["strength", "mean", "count"]
+RankBy = Literal["jacobian", "product"]
+WeightFormat = Literal["saelens", "sparsify", "jsae-pair"]
+ConnectionFormat = Literal["connections-csv", "connections-jsonl"]
+Format = Literal[WeightFormat, ConnectionFormat]
+JACOBIAN_AT: tuple[str, ...] = get_args(JacobianAt)
+WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
+CONNECTION_FORMATS: tuple[str, ...] = get_args(ConnectionFormat)
 FORMATS = WEIGHT_FORMATS + CONNECTION_FORMATS
 
-
-def _fractions(cfg: object, *names: str) -> None:
-    for name in names:
-        if not 0 <= getattr(cfg, name) <= 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a fraction between 0 and 1, not {getattr(cfg, name)}")
-
-
-def _thresholds(cfg: object, *names: str) -> None:
-    for name in names:
-        values = getattr(cfg, name)
-        if not values or any(t <= 0 for t in values):
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive numbers, not {values}")
+THRESHOLDS = (0.005, 0.01, 0.015, 0.02, 0.04)  # the paper's |J| thresholds
+NORMALISED_THRESHOLDS = (0.5, 1.0, 2.0, 4.0)  # multiples of a token's rms |J| (sparsity.py)
+DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,76 +45,63 @@ def _thresholds(cfg: object, *names: str) -> None:
 
 @dataclass(frozen=True)
 class HarvestConfig:
-    model: str = option(BUNDLED_MODEL, argument=True)
-    """Hugging Face Hub id (gpt2, EleutherAI/pythia-70m-deduped, ...), a local save_pretrained()
-    directory, or jsaectl-demo, the bundled English/German model (no network needed)."""
-    layer: int | None = option(None, short="-l")
-    """Layer whose MLP is harvested (0-based). Default: 2 for jsaectl-demo; required otherwise."""
-    dataset: str = option(BUNDLED_CORPUS, short="-d")
-    """Text: a Hub dataset id, a .txt/.jsonl/.parquet file or a folder of them (.gz too), - for
-    text on stdin, or jsaectl-sample / jsaectl-heldout (the bundled corpus and its held-out
-    part)."""
-    tokens: int = option(1_000_000, short="-n", kind="count")
-    """Tokens to harvest: 2000000, 2M, 500k (rounded up to whole contexts)."""
-    context_size: int = option(256, short="-T")
-    """Tokens per context, BOS included."""
-    bos: bool = option(True)
-    """Start every context with the tokenizer's BOS token (when it has one)."""
-    split: str = option("train")
-    """Split of a Hub dataset."""
-    subset: str | None = option(None)
-    """Configuration of a Hub dataset (e.g. en for allenai/c4)."""
-    text_column: str = option("text")
-    """Column with the text in .jsonl/.parquet files and Hub datasets."""
-    dtype: str = option("float16")
-    """Storage precision of x (and y): float16, bfloat16 (stored as its uint16 bits) or float32."""
-    with_output: bool = option(False)
-    """Also store the MLP output y (otherwise train recomputes it from the stored MLP weights)."""
-    compression: str = option("none")
-    """How x (and y) are stored: none (the default: activations compress by only ~8%, and
-    uncompressed they are written ~1.6× and read for training ~1.4× faster) or zstd. Every chunk
-    carries a crc32c checksum either way."""
-    allow_nonfinite: bool = option(False)
-    """Store NaN, inf or float16 overflows as 0 and count them in the store's attrs, instead of
-    stopping with an error naming their rows."""
-    model_dtype: str = option("float32")
-    """Precision the model runs in: float32, bfloat16 or float16."""
-    revision: str | None = option(None)
-    """Hub revision (branch, tag or commit) of the model."""
-    trust_remote_code: bool = option(False)
-    """Allow models that ship their own Python code. Off unless given."""
-    random_init: bool = option(False)
-    """Re-initialise the model's weights at random first (the trained-vs-random comparison);
-    see --init-scheme."""
-    init_scheme: str = option("tl")
-    """How --random-init draws: tl (the paper's reference code, TransformerLens init_weights:
-    N(0, 0.8/√d_model) weight matrices, trained biases and norms) or hf (the architecture's own
-    initialiser)."""
-    seed: int = option(0)
-    """Seed for --random-init."""
+    OUTPUTS = ("json",)  # see options.OUTPUTS
+
+    model: str = option(BUNDLED_MODEL, argument=True, help=(
+        "Hugging Face Hub id (gpt2, EleutherAI/pythia-70m-deduped, ...), a local save_pretrained() "
+        "directory, or jsaectl-demo, the bundled English/German model (no network needed)."))
+    layer: int | None = option(None, short="-l", help=(
+        "Layer whose MLP is harvested (0-based). Default: 2 for jsaectl-demo; required otherwise."))
+    dataset: str = option(BUNDLED_CORPUS, short="-d", help=(
+        "Text: a Hub dataset id, a .txt/.jsonl/.parquet file or a folder of them (.gz too), - for text on"
+        " stdin, or jsaectl-sample / jsaectl-heldout (the bundled corpus and its held-out part)."))
+    tokens: int = option(1_000_000, short="-n", kind="count", help=(
+        "Tokens to harvest: 2000000, 2M, 500k (rounded up to whole contexts)."))
+    context_size: int = option(256, short="-T", help="Tokens per context, BOS included.")
+    bos: bool = option(True, help="Start every context with the tokenizer's BOS token (when it has one).")
+    split: str = option("train", help="Split of a Hub dataset.")
+    subset: str | None = option(None, help="Configuration of a Hub dataset (e.g. en for allenai/c4).")
+    text_column: str = option("text", help="Column with the text in .jsonl/.parquet files and Hub datasets.")
+    dtype: StoreDtype = option("float16", help=(
+        "Storage precision of x (and y): float16, bfloat16 (stored as its uint16 bits) or float32."))
+    with_output: bool = option(False, help=(
+        "Also store the MLP output y (otherwise train recomputes it from the stored MLP weights)."))
+    compression: Compression = option("none", help=(
+        "How x (and y) are stored: none (the default: activations compress by only ~8%, and uncompressed "
+        "they are written ~1.6× and read for training ~1.4× faster) or zstd. Every chunk carries a crc32c"
+        " checksum either way."))
+    allow_nonfinite: bool = option(False, help=(
+        "Store NaN, inf or float16 overflows as 0 and count them in the store's attrs, instead of "
+        "stopping with an error naming their rows."))
+    model_dtype: StoreDtype = option("float32", help="Precision the model runs in.")
+    revision: str | None = option(None, help="Hub revision (branch, tag or commit) of the model.")
+    trust_remote_code: bool = option(False, help="Allow models that ship their own Python code. Off unless given.")
+    random_init: bool = option(False, help=(
+        "Re-initialise the model's weights at random first (the trained-vs-random comparison); see "
+        "--init-scheme."))
+    init_scheme: InitScheme = option("tl", help=(
+        "How --random-init draws: tl (the paper's reference code, TransformerLens init_weights: N(0, "
+        "0.8/√d_model) weight matrices, trained biases and norms) or hf (the architecture's own "
+        "initialiser)."))
+    seed: int = option(0, help="Seed for --random-init.")
     # --- how to run: not part of what the store holds, free to change on resume
-    batch_size: int = option(16, short="-b", identity=False)
-    """Contexts per forward pass."""
-    device: str = option("auto", identity=False)
-    """auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
-    shard: tuple[int, int] = option((0, 1), kind="shard", identity=False)
-    """i/n: fill every n-th chunk starting at i, so n processes fill one store."""
-    out: str | None = option(None, short="-o", identity=False)
-    """Where to write the store: a path or an fsspec URL (s3://…). Default:
-    runs/<model>-L<layer>-<tokens>-<hash>.zarr."""
-    overwrite: bool = option(False, identity=False)
-    """Replace an existing store at --out that was made with a different config."""
+    batch_size: int = option(16, short="-b", identity=False, help="Contexts per forward pass.")
+    device: str = option("auto", identity=False, help=DEVICE_HELP)
+    shard: tuple[int, int] = option((0, 1), kind="shard", identity=False, help=(
+        "i/n: fill every n-th chunk starting at i, so n processes fill one store."))
+    out: str | None = option(None, short="-o", identity=False, help=(
+        "Where to write the store: a path or an fsspec URL (s3://…). Default: "
+        "runs/<model>-L<layer>-<tokens>-<hash>.zarr."))
+    overwrite: bool = option(False, identity=False, help=(
+        "Replace an existing store at --out that was made with a different config."))
 
     def __post_init__(self) -> None:
-        check_finite(self)
+        check_types(self)
         if self.layer is not None and self.layer < 0:
             raise ConfigError(f"--layer must be >= 0, not {self.layer}", hint="layers count from 0")
         positive(self, "tokens", "batch_size")
         if self.context_size < 2:
             raise ConfigError(f"--context-size must be at least 2, not {self.context_size}", hint="the default is 256")
-        for name, choices in (("dtype", STORE_DTYPES), ("model_dtype", STORE_DTYPES), ("init_scheme", INIT_SCHEMES),
-                              ("compression", COMPRESSIONS)):
-            one_of(self, name, choices)
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise ConfigError(f"--shard must be i/n with 0 <= i < n, not {i}/{n}", hint="e.g. --shard 0/4 ... --shard 3/4")
@@ -144,91 +126,80 @@ class HarvestConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    acts: str = option("", argument=True)
-    """Activations store (path or URL) written by harvest; read from stdin when missing or -."""
-    expansion: int = option(32, short="-e")
-    """Latents per SAE as a multiple of d_model (ignored when --latents is given)."""
-    latents: int | None = option(None)
-    """Latents per SAE (overrides --expansion)."""
-    k: int = option(32, short="-k")
-    """Active latents per token in each SAE (TopK)."""
-    lam: float | None = option(None)
-    """Jacobian penalty λ. Default 0.5·k²/d_model, the reference code's rule of thumb (1.0 for
-    Pythia-70m, where the paper used 1). 0 trains the plain SAE pair."""
-    lam_warmup: float = option(0.05)
-    """Fraction of the steps over which λ ramps up from 0."""
-    lr: float = option(5e-4)
-    """Adam learning rate."""
-    lr_warmup: float = option(0.01)
-    """Fraction of the steps of linear learning-rate warm-up."""
-    lr_decay: float = option(0.2)
-    """Fraction of the steps, at the end, of linear decay to 0."""
-    batch_size: int = option(4096, short="-b")
-    """Tokens per optimiser step (over all processes)."""
-    tokens: int | None = option(None, short="-n", kind="count")
-    """Tokens to train on (2M, 500k). Default: one pass over the store."""
-    seed: int = option(42)
-    """Seed of the initialisation and of the data order."""
-    jacobian_at: str = option("x")
-    """Where J is evaluated, in training and in every analysis of this JSAE: x (the MLP's slopes
-    at the true input and the output SAE's active latents of f(x), as the reference code
-    trains) or reconstruction (exactly f_s = e_y∘f∘d_x at the input code: slopes at x̂ and the
-    output SAE's active latents of f(x̂), as the paper writes it)."""
-    auxk: float = option(0.0)
-    """Coefficient of the AuxK dead-latent loss; 0 is off (the paper), 1/32 is Gao et al.'s."""
-    auxk_k: int | None = option(None)
-    """Dead latents AuxK uses. Default d_model/2."""
-    dead_tokens: int = option(1_000_000, kind="count")
-    """A latent that has not fired in this many tokens counts as dead."""
-    grad_clip: float = option(1.0)
-    """Gradient-norm clip (0: none)."""
-    buffer_tokens: int = option(32 * 4096, kind="count")
-    """Shuffle buffer in tokens, split evenly over the data lanes: each lane shuffles
-    buffer_tokens / lanes rows at a time (memory per process ≈ its lanes' share × d_model × 2
-    bytes)."""
-    data_lanes: int | None = option(None)
-    """Lanes of the data order. Default: the number of processes; a 1-process run with
-    --data-lanes N sees the batches of an N-process run."""
-    include_bos: bool = option(False)
-    """Include the BOS token that starts each context (skipped by default: its activations are
-    outliers)."""
-    autocast: bool | None = option(None, negatable=True)
-    """bfloat16 autocast of the SAE matmuls. Default: on for CUDA only."""
+    OUTPUTS = ("json",)  # see options.OUTPUTS
+
+    acts: str = option("", argument=True, stdin="line", help=(
+        "Activations store (path or URL) written by harvest; read from stdin when missing or -."))
+    expansion: int = option(32, short="-e", help=(
+        "Latents per SAE as a multiple of d_model (ignored when --latents is given)."))
+    latents: int | None = option(None, help="Latents per SAE (overrides --expansion).")
+    k: int = option(32, short="-k", help="Active latents per token in each SAE (TopK).")
+    lam: float | None = option(None, help=(
+        "Jacobian penalty λ. Default 0.5·k²/d_model, the reference code's rule of thumb (1.0 for "
+        "Pythia-70m, where the paper used 1). 0 trains the plain SAE pair."))
+    lam_warmup: float = option(0.05, help="Fraction of the steps over which λ ramps up from 0.")
+    lr: float = option(5e-4, help="Adam learning rate.")
+    lr_warmup: float = option(0.01, help="Fraction of the steps of linear learning-rate warm-up.")
+    lr_decay: float = option(0.2, help="Fraction of the steps, at the end, of linear decay to 0.")
+    batch_size: int = option(4096, short="-b", help="Tokens per optimiser step (over all processes).")
+    tokens: int | None = option(None, short="-n", kind="count", help=(
+        "Tokens to train on (2M, 500k). Default: one pass over the store."))
+    seed: int = option(42, help="Seed of the initialisation and of the data order.")
+    jacobian_at: JacobianAt = option("x", help=(
+        "Where J is evaluated, in training and in every analysis of this JSAE: x (the MLP's slopes at the"
+        " true input and the output SAE's active latents of f(x), as the reference code trains) or "
+        "reconstruction (exactly f_s = e_y∘f∘d_x at the input code: slopes at x̂ and the output SAE's "
+        "active latents of f(x̂), as the paper writes it)."))
+    auxk: float = option(0.0, help=(
+        "Coefficient of the AuxK dead-latent loss; 0 is off (the paper), 1/32 is Gao et al.'s."))
+    auxk_k: int | None = option(None, help="Dead latents AuxK uses. Default d_model/2.")
+    dead_tokens: int = option(1_000_000, kind="count", help=(
+        "A latent that has not fired in this many tokens counts as dead."))
+    grad_clip: float = option(1.0, help="Gradient-norm clip (0: none).")
+    buffer_tokens: int = option(32 * 4096, kind="count", help=(
+        "Shuffle buffer in tokens, split evenly over the data lanes: each lane shuffles buffer_tokens / "
+        "lanes rows at a time (memory per process ≈ its lanes' share × d_model × 2 bytes)."))
+    data_lanes: int | None = option(None, help=(
+        "Lanes of the data order. Default: the number of processes; a 1-process run with --data-lanes N "
+        "sees the batches of an N-process run."))
+    include_bos: bool = option(False, help=(
+        "Include the BOS token that starts each context (skipped by default: its activations are "
+        "outliers)."))
+    autocast: bool | None = option(None, negatable=True, help=(
+        "bfloat16 autocast of the SAE matmuls. Default: on for CUDA only."))
     # --- how to run: free to change on resume
-    device: str = option("auto", identity=False)
-    """auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (under torchrun: the local
-    rank's GPU)."""
-    reader_threads: int = option(4, identity=False)
-    """Threads reading and decompressing the store's chunks for training (raise it if training
-    says it waits for data)."""
-    checkpoint_every: int = option(500, identity=False)
-    """Steps between checkpoints in the store (0: none by step count)."""
-    checkpoint_minutes: float = option(5.0, identity=False)
-    """Also checkpoint once this many minutes have passed since the last checkpoint (at the next
-    logging step), so that a slow run is never lost whole (0: by step count only)."""
-    log_every: int = option(10, identity=False)
-    """Steps between records of history/."""
-    resume: bool = option(False, identity=False)
-    """Continue the interrupted run at --out (with no ACTS, its options are taken from the store)."""
-    keep_checkpoint: bool = option(False, identity=False)
-    """Keep the optimiser state in the store when training ends."""
-    out: str | None = option(None, short="-o", identity=False)
-    """Where to write the store: a path or an fsspec URL. Default:
-    runs/jsae-<acts>-k<k>-lam<λ>-<hash>.zarr."""
-    overwrite: bool = option(False, identity=False)
-    """Replace an existing store at --out that was made with a different config."""
+    device: str = option("auto", identity=False, help=(
+        "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (under torchrun: the local rank's "
+        "GPU)."))
+    reader_threads: int = option(4, identity=False, help=(
+        "Threads reading and decompressing the store's chunks for training (raise it if training says it "
+        "waits for data)."))
+    checkpoint_every: int = option(500, identity=False, help=(
+        "Steps between checkpoints in the store (0: none by step count)."))
+    checkpoint_minutes: float = option(5.0, identity=False, help=(
+        "Also checkpoint once this many minutes have passed since the last checkpoint (at the next "
+        "logging step), so that a slow run is never lost whole (0: by step count only)."))
+    log_every: int = option(10, identity=False, help="Steps between records of history/.")
+    resume: bool = option(False, identity=False, help=(
+        "Continue the interrupted run at --out (with no ACTS, its options are taken from the store)."))
+    keep_checkpoint: bool = option(False, identity=False, help=(
+        "Keep the optimiser state in the store when training ends."))
+    out: str | None = option(None, short="-o", identity=False, help=(
+        "Where to write the store: a path or an fsspec URL. Default: "
+        "runs/jsae-<acts>-k<k>-lam<λ>-<hash>.zarr."))
+    overwrite: bool = option(False, identity=False, help=(
+        "Replace an existing store at --out that was made with a different config."))
 
     def __post_init__(self) -> None:
-        check_finite(self)
+        check_types(self)
         positive(self, "k", "expansion", "lr", "batch_size", "tokens", "log_every", "data_lanes", "auxk_k", "buffer_tokens",
                  "dead_tokens", "latents", "reader_threads")
         positive(self, "lam", "auxk", "grad_clip", "checkpoint_every", "checkpoint_minutes", zero=True)
         if self.latents is not None and self.k > self.latents:
             raise ConfigError(f"--k {self.k} is more than --latents {self.latents}", hint="k active latents need at least k latents")
-        _fractions(self, "lam_warmup", "lr_warmup", "lr_decay")
+        fractions(self, "lam_warmup", "lr_warmup", "lr_decay")
         if self.lr_warmup + self.lr_decay > 1:
             raise ConfigError("--lr-warmup and --lr-decay together exceed all the steps")
-        one_of(self, "jacobian_at", JACOBIAN_AT)
 
     def resolved(self, d_model: int, n_tokens: int, world: int) -> TrainConfig:
         """The config with the defaults that depend on the store and the number of processes
@@ -257,79 +228,69 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class JacobianConfig:
-    jsae: str = option("", argument=True)
-    """JSAE store (path or URL) written by train, or a jacobian store (whose connections are
-    then shown without recomputing); read from stdin when missing or -."""
-    tokens: int = option(200_000, short="-n", kind="count")
-    """Tokens to analyse: the first N of the activations store."""
-    acts: str | None = option(None)
-    """Analyse this activations store (e.g. held-out text) instead of the one the JSAE was
-    trained on."""
-    thresholds: tuple[float, ...] = option(THRESHOLDS, kind="floats")
-    """|J| thresholds of the sparsity summary, comma-separated (the paper's: 0.005, 0.01, 0.015,
-    0.02; its Figure 1 counts them over k² with BOS left out, as jsaectl does)."""
-    normalised_thresholds: tuple[float, ...] = option(NORMALISED_THRESHOLDS, kind="floats")
-    """Scale-free summary: count |J| above these multiples of each token's rms |J| (the
-    reference's l2t norm), comma-separated."""
-    per_token: bool = option(False)
-    """Also store every token's J [N, k, k] with its index arrays (N·k²·4 bytes)."""
-    linearity: int = option(0)
-    """Run the paper's linearity and ablation checks on N sampled active pairs (0: skip)."""
-    label_examples: int = option(20)
-    """Top activations per latent that its label is drawn from."""
-    max_pairs: int = option(4_000_000, kind="count")
-    """Most latent pairs accumulated at once (memory ≈ 40 bytes each); beyond it the exact sums
-    spill to disk. Also the most pairs stored, strongest first."""
-    seed: int = option(0)
-    """Seed of the --linearity sample."""
-    include_bos: bool = option(False)
-    """Include the BOS token that starts each context (skipped by default: its activations are
-    outliers)."""
+    OUTPUTS = ("json",)  # see options.OUTPUTS
+
+    jsae: str = option("", argument=True, stdin="line", help=(
+        "JSAE store (path or URL) written by train; read from stdin when missing or -."))
+    tokens: int = option(200_000, short="-n", kind="count", help=(
+        "Tokens to analyse: the first N of the activations store."))
+    acts: str | None = option(None, reads=True, help=(
+        "Analyse this activations store (e.g. held-out text) instead of the one the JSAE was trained on."))
+    thresholds: tuple[float, ...] = option(THRESHOLDS, kind="floats", help=(
+        "|J| thresholds of the sparsity summary, comma-separated (the paper's: 0.005, 0.01, 0.015, 0.02; "
+        "its Figure 1 counts them over k² with BOS left out, as jsaectl does)."))
+    normalised_thresholds: tuple[float, ...] = option(NORMALISED_THRESHOLDS, kind="floats", help=(
+        "Scale-free summary: count |J| above these multiples of each token's rms |J| (the reference's l2t"
+        " norm), comma-separated."))
+    per_token: bool = option(False, help="Also store every token's J [N, k, k] with its index arrays (N·k²·4 bytes).")
+    linearity: int = option(0, help=(
+        "Run the paper's linearity and ablation checks on N sampled active pairs (0: skip)."))
+    label_examples: int = option(20, help="Top activations per latent that its label is drawn from.")
+    max_pairs: int = option(4_000_000, kind="count", help=(
+        "Most latent pairs accumulated at once (memory ≈ 40 bytes each); beyond it the exact sums spill "
+        "to disk. Also the most pairs stored, strongest first."))
+    seed: int = option(0, help="Seed of the --linearity sample.")
+    include_bos: bool = option(False, help=(
+        "Include the BOS token that starts each context (skipped by default: its activations are "
+        "outliers)."))
     # --- what to show, and how to run: not part of the store
-    top: int = option(20, identity=False)
-    """Connections shown in the table."""
-    input_latent: tuple[int, ...] = option((), identity=False)
-    """Show only connections from this input latent (what does it compute?); repeat for several."""
-    output_latent: tuple[int, ...] = option((), identity=False)
-    """Show only connections into this output latent (what computes it?); repeat for several."""
-    batch_size: int = option(1024, short="-b", identity=False)
-    """Tokens per batch."""
-    device: str = option("auto", identity=False)
-    """auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
-    out: str | None = option(None, short="-o", identity=False)
-    """Where to write the store: a path or an fsspec URL. Default:
-    runs/jacobian-<jsae>-<tokens>-<hash>.zarr."""
-    overwrite: bool = option(False, identity=False)
-    """Replace an existing store at --out that was made with a different config."""
+    top: int = option(20, identity=False, help=(
+        "Connections shown in the table (ask the store for more with `jsaectl connections`)."))
+    batch_size: int = option(1024, short="-b", identity=False, help="Tokens per batch.")
+    device: str = option("auto", identity=False, help=DEVICE_HELP)
+    out: str | None = option(None, short="-o", identity=False, help=(
+        "Where to write the store: a path or an fsspec URL. Default: "
+        "runs/jacobian-<jsae>-<tokens>-<hash>.zarr."))
+    overwrite: bool = option(False, identity=False, help=(
+        "Replace an existing store at --out that was made with a different config."))
 
     def __post_init__(self) -> None:
-        check_finite(self)
+        check_types(self)
         positive(self, "tokens", "batch_size", "max_pairs", "label_examples")
         positive(self, "top", "linearity", zero=True)
-        _thresholds(self, "thresholds", "normalised_thresholds")
+        thresholds(self, "thresholds", "normalised_thresholds")
 
 
 @dataclass(frozen=True)
 class ConnectionsConfig:
-    store: str = option("", argument=True)
-    """Jacobian store (path or URL) written by `jsaectl jacobian`; read from stdin when missing
-    or -."""
-    input_latent: tuple[int, ...] = option(())
-    """Only connections from this input latent (what does it compute?); repeat for several."""
-    output_latent: tuple[int, ...] = option(())
-    """Only connections into this output latent (what computes it?); repeat for several."""
-    top: int = option(20)
-    """How many to show, first by --sort (0: all)."""
-    min_strength: float = option(0.0)
-    """Only connections at least this strong (strength = Σ|J| / analysed tokens)."""
-    sort: str = option("strength")
-    """Order: strength (Σ|J| / tokens: how much of the typical token's Jacobian the pair
-    carries), mean (mean |J| where both latents are active) or count (tokens where both are)."""
+    OUTPUTS = ("json", "csv")  # see options.OUTPUTS
+
+    store: str = option("", argument=True, stdin="line", help=(
+        "Jacobian store (path or URL) written by `jsaectl jacobian`; read from stdin when missing or -."))
+    input_latent: tuple[int, ...] = option((), help=(
+        "Only connections from this input latent (what does it compute?); repeat for several."))
+    output_latent: tuple[int, ...] = option((), help=(
+        "Only connections into this output latent (what computes it?); repeat for several."))
+    top: int = option(20, help="How many to show, first by --sort (0: all).")
+    min_strength: float = option(0.0, help=(
+        "Only connections at least this strong (strength = Σ|J| / analysed tokens)."))
+    sort: ConnectionSort = option("strength", help=(
+        "Order: strength (Σ|J| / tokens: how much of the typical token's Jacobian the pair carries), mean"
+        " (mean |J| where both latents are active) or count (tokens where both are)."))
 
     def __post_init__(self) -> None:
-        check_finite(self)
+        check_types(self)
         positive(self, "top", "min_strength", zero=True)
-        one_of(self, "sort", CONNECTION_SORTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,43 +299,34 @@ class ConnectionsConfig:
 
 @dataclass(frozen=True)
 class MaxactConfig:
-    jsae: str = option("", argument=True)
-    """JSAE store (path or URL), or a jacobian store made from it; read from stdin when missing
-    or -."""
-    side: str = option("in")
-    """Which SAE --latent / --top-latents refer to: in (MLP input) or out (MLP output)."""
-    latents: tuple[int, ...] = option((), flag="--latent")
-    """Latent id (repeat for several)."""
-    connection: tuple[int, int] | None = option(None, kind="connection")
-    """IN:OUT — tokens where input latent IN and output latent OUT both fire."""
-    top_latents: int = option(0)
-    """Show the N latents of --side with the largest total activation."""
-    rank_by: str = option("jacobian")
-    """For --connection: rank by |J| (jacobian) or by the product of the activations (product)."""
-    examples: int = option(10)
-    """Examples per latent."""
-    context: int = option(8)
-    """Tokens shown on each side of an example."""
-    tokens: int | None = option(None, short="-n", kind="count")
-    """Scan the first N tokens only. Default: the whole store."""
-    acts: str | None = option(None)
-    """Scan this activations store instead of the JSAE's own."""
-    include_bos: bool = option(False)
-    """Include the BOS token that starts each context (skipped by default: its activations are
-    outliers)."""
-    batch_size: int = option(4096, short="-b", identity=False)
-    """Tokens per batch."""
-    device: str = option("auto", identity=False)
-    """auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
+    OUTPUTS = ("json",)  # see options.OUTPUTS
+
+    jsae: str = option("", argument=True, stdin="line", help=(
+        "JSAE store (path or URL), or a jacobian store made from it; read from stdin when missing or -."))
+    side: Side = option("in", help="Which SAE --latent / --top-latents refer to: in (MLP input) or out (MLP output).")
+    latents: tuple[int, ...] = option((), flag="--latent", help="Latent id (repeat for several).")
+    connection: tuple[int, int] | None = option(None, kind="connection", help=(
+        "IN:OUT — tokens where input latent IN and output latent OUT both fire."))
+    top_latents: int = option(0, help="Show the N latents of --side with the largest total activation.")
+    rank_by: RankBy = option("jacobian", help=(
+        "For --connection: rank by |J| (jacobian) or by the product of the activations (product)."))
+    examples: int = option(10, help="Examples per latent.")
+    context: int = option(8, help="Tokens shown on each side of an example.")
+    tokens: int | None = option(None, short="-n", kind="count", help=(
+        "Scan the first N tokens only. Default: the whole store."))
+    acts: str | None = option(None, reads=True, help="Scan this activations store instead of the JSAE's own.")
+    include_bos: bool = option(False, help=(
+        "Include the BOS token that starts each context (skipped by default: its activations are "
+        "outliers)."))
+    batch_size: int = option(4096, short="-b", identity=False, help="Tokens per batch.")
+    device: str = option("auto", identity=False, help=DEVICE_HELP)
 
     def __post_init__(self) -> None:
-        check_finite(self)
+        check_types(self)
         modes = bool(self.latents) + (self.connection is not None) + (self.top_latents > 0)
         if modes != 1:
             raise ConfigError("give exactly one of --latent, --connection or --top-latents",
                               hint="e.g. --side out --latent 123, --connection 45:123, or --top-latents 5")
-        one_of(self, "side", SIDES)
-        one_of(self, "rank_by", RANK_BY)
         positive(self, "examples", "batch_size", "tokens")
         positive(self, "context", zero=True)
 
@@ -394,29 +346,27 @@ class MaxactConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    stores: tuple[str, ...] = option((), argument=True)
-    """jsae stores, or jacobian stores standing for the JSAE they were made from; read one per
-    line from stdin when missing."""
-    acts: str | None = option(None)
-    """Evaluate every run on this activations store (held-out text). Default: each run's own."""
-    tokens: int = option(50_000, short="-n", kind="count")
-    """Tokens for reconstruction and Jacobian sparsity."""
-    eval_tokens: int = option(20_000, kind="count0")
-    """Tokens for the CE/KL splice scores (0 skips loading the model)."""
-    thresholds: tuple[float, ...] = option(THRESHOLDS, kind="floats")
-    """|J| thresholds, comma-separated."""
-    normalised_thresholds: tuple[float, ...] = option(NORMALISED_THRESHOLDS, kind="floats")
-    """Scale-free rows: |J| above these multiples of each token's rms |J|, comma-separated."""
-    batch_size: int = option(1024, short="-b", identity=False)
-    """Tokens per batch."""
-    device: str = option("auto", identity=False)
-    """auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
+    OUTPUTS = ("json", "csv", "plot")  # see options.OUTPUTS
+
+    stores: tuple[str, ...] = option((), argument=True, stdin="lines", help=(
+        "jsae stores, or jacobian stores standing for the JSAE they were made from; read one per line "
+        "from stdin when missing."))
+    acts: str | None = option(None, reads=True, help=(
+        "Evaluate every run on this activations store (held-out text). Default: each run's own."))
+    tokens: int = option(50_000, short="-n", kind="count", help="Tokens for reconstruction and Jacobian sparsity.")
+    eval_tokens: int = option(20_000, kind="count0", help=(
+        "Tokens for the CE/KL splice scores (0 skips loading the model)."))
+    thresholds: tuple[float, ...] = option(THRESHOLDS, kind="floats", help="|J| thresholds, comma-separated.")
+    normalised_thresholds: tuple[float, ...] = option(NORMALISED_THRESHOLDS, kind="floats", help=(
+        "Scale-free rows: |J| above these multiples of each token's rms |J|, comma-separated."))
+    batch_size: int = option(1024, short="-b", identity=False, help="Tokens per batch.")
+    device: str = option("auto", identity=False, help=DEVICE_HELP)
 
     def __post_init__(self) -> None:
-        check_finite(self)
+        check_types(self)
         positive(self, "tokens", "batch_size")
         positive(self, "eval_tokens", zero=True)
-        _thresholds(self, "thresholds", "normalised_thresholds")
+        thresholds(self, "thresholds", "normalised_thresholds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,28 +375,24 @@ class CompareConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    store: str = option("", argument=True)
-    """Jacobian store (path or URL) written by `jsaectl jacobian`; read from stdin when missing
-    or -."""
-    out: str = option("", short="-o", required=True)
-    """Directory to write the report into (index.html and its pages; created if missing)."""
-    connections: int = option(40)
-    """The strongest connections drawn in the graph, each with a page of where it acts."""
-    examples: int = option(8)
-    """Max-activating contexts shown per latent and per connection."""
-    context: int = option(10)
-    """Tokens shown on each side of an example."""
-    tokens: int = option(100_000, short="-n", kind="count")
-    """Tokens scanned for the examples (the first ones of the activations the jacobian store
-    analysed)."""
-    batch_size: int = option(1024, short="-b")
-    """Tokens per batch."""
-    device: str = option("auto")
-    """auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
-    overwrite: bool = option(False)
-    """Write into a non-empty --out, replacing the report that is there."""
+    OUTPUTS = ("json",)  # see options.OUTPUTS
+
+    store: str = option("", argument=True, stdin="line", help=(
+        "Jacobian store (path or URL) written by `jsaectl jacobian`; read from stdin when missing or -."))
+    out: str = option("", short="-o", required=True, help=(
+        "Directory to write the report into (index.html and its pages; created if missing)."))
+    connections: int = option(40, help=(
+        "The strongest connections drawn in the graph, each with a page of where it acts."))
+    examples: int = option(8, help="Max-activating contexts shown per latent and per connection.")
+    context: int = option(10, help="Tokens shown on each side of an example.")
+    tokens: int = option(100_000, short="-n", kind="count", help=(
+        "Tokens scanned for the examples (the first ones of the activations the jacobian store analysed)."))
+    batch_size: int = option(1024, short="-b", help="Tokens per batch.")
+    device: str = option("auto", help=DEVICE_HELP)
+    overwrite: bool = option(False, help="Write into a non-empty --out, replacing the report that is there.")
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not self.out:
             raise ConfigError("no output directory given", hint="pass --out DIR")
         positive(self, "connections", "examples", "tokens", "batch_size")
@@ -459,21 +405,23 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    store: str = option("", argument=True)
-    """jsae store (weight formats) or jacobian store (connection formats; for weight formats it
-    stands for the JSAE it was made from), path or URL; read from stdin when missing or -."""
-    format: str = option("", short="-f", required=True)
-    """What to write: saelens, sparsify, jsae-pair, connections-csv or connections-jsonl."""
-    out: str = option("", short="-o", required=True)
-    """Directory to write (a local path; created if missing)."""
-    top: int | None = option(None)
-    """Connection formats: write the N strongest connections (default 10,000; 0: all of them)."""
-    overwrite: bool = option(False)
-    """Write into a non-empty DIR, replacing only the files and folders this format writes."""
+    OUTPUTS = ("json",)  # see options.OUTPUTS
+
+    store: str = option("", argument=True, stdin="line", help=(
+        "jsae store (weight formats) or jacobian store (connection formats; for weight formats it stands "
+        "for the JSAE it was made from), path or URL; read from stdin when missing or -."))
+    format: Format = option("", short="-f", required=True, help=(
+        "What to write: saelens, sparsify, jsae-pair, connections-csv or connections-jsonl."))
+    out: str = option("", short="-o", required=True, help="Directory to write (a local path; created if missing).")
+    top: int | None = option(None, help=(
+        "Connection formats: write the N strongest connections (default 10,000; 0: all of them)."))
+    overwrite: bool = option(False, help=(
+        "Write into a non-empty DIR, replacing only the files and folders this format writes."))
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ConfigError(f"unknown export format {self.format!r}", hint="choose one of: " + ", ".join(FORMATS))
+            raise ConfigError(f"unknown export format {shown(self.format)}", hint="choose one of: " + ", ".join(FORMATS))
+        check_types(self)
         if not self.out:
             raise ConfigError("no output directory given", hint="pass --out DIR")
         if self.top is not None and self.format not in CONNECTION_FORMATS:
@@ -485,17 +433,18 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ImportConfig:
-    pair: str = option("", argument=True, required=True)
-    """Folder with the pair's cfg.json and sae_weights.safetensors."""
-    acts: str = option("", required=True)
-    """Activations store of the model and layer the pair was trained on (from `jsaectl harvest`)."""
-    jacobian_at: str | None = option(None)
-    """Where analyses evaluate J: x or reconstruction. Default: the pair's own setting if jsaectl
-    exported it, else x (where the reference trains)."""
-    out: str | None = option(None, short="-o")
-    """Where to write the jsae store. Default: runs/jsae-imported-<pair folder>-<hash>.zarr."""
-    overwrite: bool = option(False)
-    """Replace an existing store at --out that was made from another pair."""
+    OUTPUTS = ("json",)  # see options.OUTPUTS
+
+    pair: str = option("", argument=True, required=True, help=(
+        "Folder with the pair's cfg.json and sae_weights.safetensors."))
+    acts: str = option("", required=True, reads=True, help=(
+        "Activations store of the model and layer the pair was trained on (from `jsaectl harvest`)."))
+    jacobian_at: JacobianAt | None = option(None, help=(
+        "Where analyses evaluate J: x or reconstruction. Default: the pair's own setting if jsaectl "
+        "exported it, else x (where the reference trains)."))
+    out: str | None = option(None, short="-o", help=(
+        "Where to write the jsae store. Default: runs/jsae-imported-<pair folder>-<hash>.zarr."))
+    overwrite: bool = option(False, help="Replace an existing store at --out that was made from another pair.")
 
     def __post_init__(self) -> None:
         if not self.pair:
@@ -503,5 +452,21 @@ class ImportConfig:
         if not self.acts:
             raise ConfigError("--acts is required: the activations store of the model and layer the pair was trained on",
                               hint="harvest them with `jsaectl harvest MODEL --layer L`")
-        if self.jacobian_at is not None:
-            one_of(self, "jacobian_at", JACOBIAN_AT)
+        check_types(self)
+
+# ---------------------------------------------------------------------------------------------
+# verify
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    OUTPUTS = ("json",)  # see options.OUTPUTS
+
+    stores: tuple[str, ...] = option((), argument=True, stdin="lines", help=(
+        "Stores to check (paths or URLs): any jsaectl store; read one per line from stdin when missing."))
+    repair: bool = option(False, help=(
+        "Re-harvest the damaged chunks of an activations store (loads the model and reads the text "
+        "again), then check it again."))
+
+    def __post_init__(self) -> None:
+        check_types(self)

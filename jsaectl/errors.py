@@ -3,6 +3,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+# The longest value an error message repeats: a 10 MB line of stdin is named, not echoed.
+SHOWN_CHARS = 120
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (saying how long it was)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
 
 class JsaectlError(Exception):
     """An error the user can act on: what went wrong, and what to do next."""

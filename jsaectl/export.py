@@ -36,7 +36,7 @@ import torch
 
 from jsaectl import __version__
 from jsaectl import store as st
-from jsaectl.configs import CONNECTION_FORMATS, FORMATS, WEIGHT_FORMATS, ExportConfig  # noqa: F401
+from jsaectl.configs import CONNECTION_FORMATS, WEIGHT_FORMATS, ExportConfig
 from jsaectl.errors import ConfigError, StoreError
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.acts import Activations, bos_skipped

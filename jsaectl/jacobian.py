@@ -139,9 +139,7 @@ def default_out(cfg: JacobianConfig) -> str:
 def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult:
     from jsaectl.device import pick_device
 
-    given = st.open_store(cfg.jsae, ("jsae", "jacobian"))
-    if given.kind == "jacobian":  # its connections are stored: show them, compute nothing
-        return load_result(given.url, cfg.top, cfg.input_latent, cfg.output_latent)
+    st.open_store(cfg.jsae, "jsae")  # computes from a JSAE; a jacobian store is asked with `jsaectl connections`
     model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
     scanned = min(cfg.tokens, model.acts.n_tokens)  # rows read; BOS rows among them are skipped
     url = st.resolve_url(cfg.out or default_out(cfg))
@@ -149,10 +147,10 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
     existing = st.check_writable(url, "jacobian", identity(cfg), overwrite=cfg.overwrite, reads=reads)
     if existing is not None and existing.get("complete"):
         reporter.note(f"{url} is already complete; showing it")
-        return load_result(url, cfg.top, cfg.input_latent, cfg.output_latent)
+        return load_result(url, cfg.top)
     with st.writing(url, "jacobian", identity(cfg), overwrite=cfg.overwrite, reads=reads) as (store, _):
         _analyse(cfg, model, scanned, store, reporter)
-    return load_result(url, cfg.top, cfg.input_latent, cfg.output_latent)
+    return load_result(url, cfg.top)
 
 
 def _analyse(cfg: JacobianConfig, model: LoadedJSAE, scanned: int, store: st.Store, reporter: Reporter) -> None:
@@ -277,17 +275,16 @@ class _PerTokenWriter:
         g["token"][lo:hi] = batch.rows.cpu().numpy()
 
 
-def load_result(url: str, top: int = 20, inputs: tuple[int, ...] = (), outputs: tuple[int, ...] = ()) -> JacobianResult:
-    """Read a complete jacobian store back (for display, compare and export): its summary, and
-    its strongest connections, optionally only those from ``inputs`` and/or into ``outputs``."""
+def load_result(url: str, top: int = 20) -> JacobianResult:
+    """Read a complete jacobian store back: its summary and its ``top`` strongest connections
+    (`jsaectl connections` asks it anything else)."""
     store = st.open_store(url, "jacobian")
     meta, g = store.meta, store.group
-    top_list = connections.query(store, inputs=inputs, outputs=outputs, top=top)
+    top_list = connections.query(store, top=top)
     st.check_finite(np.array(_numbers(meta["sparsity"]), dtype=float), f"{store.url}: the sparsity summary")
     return JacobianResult(store.url, meta["n_tokens"], meta["k"], meta["sparsity"], top_list,
                           (g["histogram/edges"][...], g["histogram/counts"][...]), meta.get("tokens_per_second", 0.0),
-                          meta.get("linearity"), details={"jacobian_at": meta.get("jacobian_at", "x"),
-                                                          "filter": {"input": list(inputs), "output": list(outputs)}})
+                          meta.get("linearity"), details={"jacobian_at": meta.get("jacobian_at", "x")})
 
 
 def _numbers(tree: Any) -> list[float]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
-from jsaectl.configs import BUNDLED_MODEL, INIT_SCHEMES
+from jsaectl.configs import BUNDLED_MODEL, InitScheme
 from jsaectl import hub
 from jsaectl.errors import ModelError
 from jsaectl.mlp import ACTIVATIONS, MLPWeights, get_activation, identify_activation
@@ -130,7 +130,7 @@ def load_model(
     init_scheme: str = "tl",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, or with ``random_init`` the same architecture with
-    random weights (see ``INIT_SCHEMES``), reproducibly from ``seed``."""
+    random weights (see ``InitScheme``), reproducibly from ``seed``."""
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -144,8 +144,8 @@ def load_model(
         raise ModelError(f"{name} is an encoder-decoder model ({config.model_type})", hint="jsaectl harvests decoder-only causal LMs")
     tokenizer = from_pretrained(AutoTokenizer, path, "tokenizer", **common)
     torch_dtype = DTYPES[dtype]
-    if init_scheme not in INIT_SCHEMES:
-        raise ModelError(f"unknown --init-scheme {init_scheme!r}", hint="choose one of: " + ", ".join(INIT_SCHEMES))
+    if init_scheme not in get_args(InitScheme):
+        raise ModelError(f"unknown --init-scheme {init_scheme!r}", hint="choose one of: " + ", ".join(get_args(InitScheme)))
     try:
         if random_init and init_scheme == "hf":
             torch.manual_seed(seed)

@@ -1,12 +1,19 @@
 """Options declared once: each stage's config dataclass is the only place an option exists.
 
-A field made with :func:`option` carries what the command line needs beside its type and
-default: a short alias, whether it is part of the store's identity (what the store holds, as
-opposed to how the stage runs), and how its text is parsed (``kind``). Its help is the
-docstring written under it in the class body (read from the source), so the library's
-documentation and ``--help`` are one text. ``jsaectl.cli`` turns a config class into a Typer
-command (cli/_generate.py); a test checks that every field has help and that every CLI
-default is the dataclass default.
+A field made with :func:`option` carries everything the command line needs beside its type
+and default: its help, a short alias, whether it is part of the store's identity (what the
+store holds, as opposed to how the stage runs), how its text is parsed (``kind``), and
+whether it names a store the command reads (``reads``; an argument that may come from stdin
+says how: ``stdin="line"`` or ``"lines"``). Choices are ``Literal`` types, so ``--help`` lists
+them and a type checker sees a typo. The ways a command can print its result (``--json``,
+``--csv``, ``--plot``, ``--html``) are declared once here, in :data:`OUTPUTS`; a config class
+names the ones its command offers in ``OUTPUTS``. ``jsaectl.cli`` turns a config class into a
+Typer command (cli/_generate.py).
+
+Every value is held to its declared type wherever it comes from: the command line (parsed by
+click against the type), a ``--config`` file or a JSON line on stdin (:func:`check_given`,
+before anything converts it), or Python (:func:`check_types`, run by every config's
+``__post_init__``): ``true`` is not 1, ``[a, b]`` is not a path, ``null`` is no value.
 
 Configs are frozen: checks that need nothing but the values run in ``__post_init__``; values
 that depend on a store are resolved into a new config (``dataclasses.replace``), never
@@ -15,26 +22,27 @@ written back into the caller's.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import math
-import textwrap
+import types
+import typing
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
-from jsaectl.errors import ConfigError
+from jsaectl.errors import ConfigError, shown
 from jsaectl.units import format_count, parse_count
 
-# How a kind of option is written on the command line: (parse text -> value, value -> text).
+# --------------------------------------------------------------------------------------------
+# How a kind of option is written as text: (parse text -> value, value -> text).
 
 
 def _parse_floats(text: str, name: str) -> tuple[float, ...]:
     try:
-        return tuple(sorted(float(p) for p in str(text).split(",") if p.strip()))
+        values = tuple(sorted(float(p) for p in str(text).split(",") if p.strip()))
     except ValueError:
-        raise ConfigError(f"{name} must be numbers separated by commas, not {text!r}") from None
+        raise ConfigError(f"{name} must be numbers separated by commas, not {shown(text)}") from None
+    return values
 
 
 def _parse_pair(sep: str, what: str) -> Callable[[str, str], tuple[int, int]]:
@@ -42,7 +50,7 @@ def _parse_pair(sep: str, what: str) -> Callable[[str, str], tuple[int, int]]:
         try:
             a, b = (int(p) for p in str(text).split(sep))
         except ValueError:
-            raise ConfigError(f"{name} must look like {what}, not {text!r}") from None
+            raise ConfigError(f"{name} must look like {what}, not {shown(text)}") from None
         return a, b
 
     return parse
@@ -65,80 +73,266 @@ KINDS: dict[str, tuple[Callable[[str, str], Any], Callable[[Any], str]]] = {
     "shard": (_parse_pair("/", "i/n (e.g. 0/4)"), lambda v: f"{v[0]}/{v[1]}"),
     "connection": (_parse_pair(":", "IN:OUT (two latent ids)"), lambda v: f"{v[0]}:{v[1]}"),
 }
+# What a config file or a JSON line may give for each kind, besides the text above.
+_KIND_EXPECTS = {"count": "a count such as 2000000 or 2M", "count0": "a count such as 20000 or 20k, or 0",
+                 "floats": "numbers: a list, or text such as 0.01,0.02", "shard": "text i/n such as 0/4",
+                 "connection": "text IN:OUT such as 45:123"}
 
 
-def option(default: Any = dataclasses.MISSING, *, short: str | None = None, identity: bool = True,
+# --------------------------------------------------------------------------------------------
+# Fields
+
+
+@dataclasses.dataclass(frozen=True)
+class Meta:
+    help: str
+    short: str | None = None
+    identity: bool = True
+    kind: str | None = None
+    flag: str | None = None
+    argument: bool = False
+    required: bool = False
+    negatable: bool | None = None
+    cli: bool = True
+    reads: bool = False
+    """The value names a store the command reads (and follows: see store.lineage)."""
+    stdin: Literal["line", "lines"] | None = None
+    """An argument that, missing or ``-``, is read from stdin: one line, or every line."""
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, short: str | None = None, identity: bool = True,
            kind: str | None = None, flag: str | None = None, argument: bool = False, required: bool = False,
-           negatable: bool | None = None, cli: bool = True, default_factory: Any = dataclasses.MISSING) -> Any:
+           negatable: bool | None = None, cli: bool = True, reads: bool = False,
+           stdin: Literal["line", "lines"] | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
     """A config field that is also a command-line option.
 
-    ``short``: a one-letter alias (``-n``). ``identity``: part of what the store holds (False for
-    how it runs: device, batch size of a pass, --out …). ``kind``: how the text is parsed (see
-    KINDS; None: by its type). ``flag``: the option's name when not ``--field-name``.
-    ``argument``: positional. ``required``: the command line must give it (the default then only
-    means "not given"). ``negatable``: a boolean with a ``--no-`` form (default: when True by
-    default or None). ``cli``: False for fields only the library sets."""
+    ``help``: what ``--help`` and docs/cli.md say. ``short``: a one-letter alias (``-n``).
+    ``identity``: part of what the store holds (False for how it runs: device, batch size of a
+    pass, --out …). ``kind``: how the text is parsed (see KINDS; None: by its type). ``flag``:
+    the option's name when not ``--field-name``. ``argument``: positional. ``required``: the
+    command line must give it (the default then only means "not given"). ``negatable``: a
+    boolean with a ``--no-`` form (default: when True by default or None). ``cli``: False for
+    fields only the library sets. ``reads``: it names a store the command reads. ``stdin``: an
+    argument read from stdin when missing (``reads`` too)."""
     if kind is not None and kind not in KINDS:
         raise ValueError(kind)
-    meta = {"short": short, "identity": identity, "kind": kind, "flag": flag, "argument": argument,
-            "required": required, "negatable": negatable, "cli": cli}
+    meta = Meta(" ".join(help.split()), short, identity, kind, flag, argument, required, negatable, cli,
+                reads or stdin is not None, stdin)
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"jsaectl": meta})
 
 
-def meta(f: dataclasses.Field) -> dict[str, Any]:
-    return f.metadata.get("jsaectl") or {"short": None, "identity": True, "kind": None, "flag": None, "argument": False,
-                                         "required": False, "negatable": None, "cli": True}
+def meta(f: dataclasses.Field) -> Meta:
+    found = f.metadata.get("jsaectl")
+    if found is None:
+        raise TypeError(f"{f.name} is not declared with option()")
+    return found
 
 
 def flag_name(f: dataclasses.Field) -> str:
-    return meta(f)["flag"] or "--" + f.name.replace("_", "-")
+    return meta(f).flag or "--" + f.name.replace("_", "-")
 
 
-@lru_cache(maxsize=None)
-def docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass (attribute docstrings are not kept
-    at run time, so they are read from the class's source)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    found = {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
-                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
-            found[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
-    return found
+def field(cls: type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
 
 
 def identity(cfg: Any) -> dict[str, Any]:
     """The options that define a store's content (compared when a stage is re-run)."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if meta(f)["identity"]}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if meta(f).identity}
 
 
 def runtime(cfg: Any) -> dict[str, Any]:
     """The options that say how a stage runs (free to change on resume)."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not meta(f)["identity"]}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not meta(f).identity}
 
 
-def check_finite(cfg: Any) -> None:
-    """NaN and inf are no option's value (in a store's config, NaN != NaN would make every
-    re-run a different run)."""
+def read_stores(cfg: Any) -> list[str]:
+    """The stores the config names as read (``reads`` fields), in field order."""
+    out: list[str] = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        values = value if isinstance(value, (list, tuple)) else [value]
+        if meta(f).reads and value:
+            out += list(value) if isinstance(value, (list, tuple)) else [value]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs: how a command prints its result, declared once for every command
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    flag: str
+    help: str
+    file: bool = False
+    """It takes a FILE to write (checked like --out: never a store the command reads)."""
+
+
+OUTPUTS: dict[str, Output] = {
+    "json": Output("--json", "Print one JSON document on stdout instead of the store's URL or the table: every figure "
+                   "shown, numbers as numbers and latent ids as integers (for scripts)."),
+    "csv": Output("--csv", "Print the result as CSV on stdout (a header, then one row each) instead of the table."),
+    "plot": Output("--plot", "Also draw the result as a PNG figure to FILE (needs matplotlib: pip install "
+                   "'jsaectl\\[plot]').", file=True),
+    "html": Output("--html", "Also write the result as one self-contained HTML page to FILE (opens from disk, no "
+                   "network).", file=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """What a command was asked to print, besides its tables on stderr."""
+
+    json: bool = False
+    csv: bool = False
+    plot: str | None = None
+    html: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.json and self.csv:
+            raise ConfigError("--json and --csv are exclusive: stdout carries one of them", hint="choose one")
+
+    def files(self) -> list[tuple[str, str]]:
+        """(flag, path) of every file asked for."""
+        return [(OUTPUTS[name].flag, getattr(self, name)) for name, o in OUTPUTS.items() if o.file and getattr(self, name)]
+
+
+# --------------------------------------------------------------------------------------------
+# Types
+
+
+@lru_cache(maxsize=None)
+def hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def base_type(tp: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), True
+    return tp, False
+
+
+def choices(cls: type, name: str) -> tuple[str, ...] | None:
+    """The allowed values of a choice option (a Literal type), or None."""
+    tp, _ = base_type(hints(cls)[name])
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _expects(tp: Any) -> tuple[Callable[[Any], bool], str]:
+    """(does a value have this type, what the type is called in an error)."""
+    if tp is bool:
+        return (lambda v: isinstance(v, bool)), "true or false"
+    if tp is int:
+        return _is_int, "an integer"
+    if tp is float:
+        return _is_number, "a number"
+    if tp is str:
+        return (lambda v: isinstance(v, str)), "text"
+    if typing.get_origin(tp) is Literal:
+        allowed = typing.get_args(tp)
+        return (lambda v: isinstance(v, str) and v in allowed), "one of " + ", ".join(allowed)
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            check, name = _expects(args[0])
+            return (lambda v: isinstance(v, tuple) and all(check(x) for x in v)), f"a list of {name.removeprefix('an ').removeprefix('a ')}s"
+        checks = [_expects(a)[0] for a in args]
+        return (lambda v: isinstance(v, tuple) and len(v) == len(checks) and all(c(x) for c, x in zip(checks, v))), \
+            f"{len(args)} values"
+    raise TypeError(f"no check for options of type {tp}")
+
+
+def check_types(cfg: Any) -> None:
+    """Every field of a config holds a value of its declared type (None only where the type
+    allows it), and every number is finite. Run by every config's ``__post_init__``."""
+    for f in dataclasses.fields(cfg):
+        tp, optional = base_type(hints(type(cfg))[f.name])
+        value = getattr(cfg, f.name)
+        if value is None and optional:
+            continue
+        check, expected = _expects(tp)
+        if not check(value):
+            raise ConfigError(f"{flag_name(f)} must be {expected}, not {describe(value)}")
+        values = value if isinstance(value, tuple) else (value,)
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            raise ConfigError(f"{flag_name(f)} must be a finite number, not {value}", hint="NaN and inf are not valid option values")
+            raise ConfigError(f"{flag_name(f)} must be a finite number, not {shown(value)}",
+                              hint="NaN and inf are not valid option values")
+
+
+def check_given(cls: type, name: str, value: Any, where: str) -> Any:
+    """A value given for field ``name`` by a config file or a JSON line (``where`` names it),
+    held to the field's declared type before anything converts it; returned as the command
+    line would give it (text for text-parsed kinds, a list for repeatable options)."""
+    f = field(cls, name)
+    m = meta(f)
+    tp, _ = base_type(hints(cls)[name])
+    if value is None:
+        raise ConfigError(f"{where}: {name}: null is not a value", hint="leave the key out for the default")
+    if m.kind:
+        ok = (isinstance(value, str) or (_is_int(value) and m.kind.startswith("count"))
+              or (m.kind == "floats" and (_is_number(value) or (isinstance(value, list) and all(map(_is_number, value)))))
+              or (m.kind in ("shard", "connection") and isinstance(value, list) and len(value) == 2 and all(map(_is_int, value))))
+        if not ok:
+            raise ConfigError(f"{where}: {name} must be {_KIND_EXPECTS[m.kind]}, not {describe(value)}")
+        if isinstance(value, list):
+            return ",".join(map(str, value)) if m.kind == "floats" else ("/" if m.kind == "shard" else ":").join(map(str, value))
+        return str(value)
+    if typing.get_origin(tp) is tuple and typing.get_args(tp)[-1] is Ellipsis:  # repeatable: one value or a list
+        value = value if isinstance(value, list) else [value]
+        check, expected = _expects(tp)
+        if not check(tuple(value)):
+            raise ConfigError(f"{where}: {name} must be {expected}, not {describe(value)}")
+        return value
+    check, expected = _expects(tp)
+    if not check(value):
+        raise ConfigError(f"{where}: {name} must be {expected}, not {describe(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {name} must be a finite number, not {value}", hint="NaN and inf are not valid option values")
+    return value
+
+
+def describe(value: Any) -> str:
+    """A value as an error message names it: what it is, and (briefly) what it holds."""
+    what = {bool: "a boolean", int: "an integer", float: "a number", str: "text", list: "a list", tuple: "a list",
+            dict: "a mapping"}.get(type(value))
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    return f"{shown(value)} ({what or type(value).__name__})"
+
+
+# --------------------------------------------------------------------------------------------
+# Checks of values shared by the configs
 
 
 def positive(cfg: Any, *names: str, zero: bool = False) -> None:
     """Refuse a value that is not positive (or negative, with ``zero``) among ``names`` (None is fine)."""
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
     for name in names:
         value = getattr(cfg, name)
         if value is not None and (value < 0 if zero else value <= 0):
-            raise ConfigError(f"{flag_name(fields[name])} must be {'>= 0' if zero else 'positive'}, not {value}")
+            raise ConfigError(f"{flag_name(field(type(cfg), name))} must be {'>= 0' if zero else 'positive'}, not {value}")
 
 
-def one_of(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(cfg, name)
-    if value not in choices:
-        f = next(f for f in dataclasses.fields(cfg) if f.name == name)
-        raise ConfigError(f"{flag_name(f)} must be one of {', '.join(choices)}, not {value!r}")
+def fractions(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{flag_name(field(type(cfg), name))} must be a fraction between 0 and 1, not {value}")
+
+
+def thresholds(cfg: Any, *names: str) -> None:
+    for name in names:
+        values = getattr(cfg, name)
+        if not values or any(t <= 0 for t in values):
+            raise ConfigError(f"{flag_name(field(type(cfg), name))} must be positive numbers, not {shown(values)}")

@@ -18,7 +18,6 @@ chunks equal to the fill value not written) are still read, with a warning.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -36,7 +35,6 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from jsaectl import __version__
 from jsaectl import lock as locks
 from jsaectl.checked import CheckedStore, base_store
-from jsaectl.configs import COMPRESSIONS  # noqa: F401  (re-exported: the store's codecs)
 from jsaectl.errors import JsaectlWarning, StoreError
 
 FORMAT = 2
@@ -143,7 +141,8 @@ def _made_from(meta: dict[str, Any], kinds: tuple[str, ...]) -> str | None:
     for kind in kinds:
         source = meta.get(_POINTERS.get(kind, ""))
         if source:
-            return f"the {kind} store it was made from is {source}"
+            ask = "; ask it itself with `jsaectl connections`" if meta.get("kind") == "jacobian" else ""
+            return f"the {kind} store it was made from is {source}{ask}"
     return None
 
 
@@ -266,18 +265,6 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def check_options_finite(config: dict[str, Any]) -> None:
-    """NaN or inf never enters a store's config: it would make every run a different one
-    (NaN != NaN), so the store could never be resumed. Raised as a usage error."""
-    from jsaectl.errors import ConfigError
-
-    for key, value in config.items():
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            raise ConfigError(f"--{key.replace('_', '-')} must be a finite number, not {value}",
-                              hint="NaN and inf are not valid option values")
-
-
 # --------------------------------------------------------------------------------------------
 # Arrays
 
@@ -389,6 +376,43 @@ def check_alias(out: str, reads: Sequence[str], what: str = "--out") -> None:
                              hint=f"choose another {what} outside it; a store is never written into another")
 
 
+# The attrs that name the stores a store was made from: a command that reads it follows them.
+MADE_FROM = ("jsae_store", "acts_store")
+
+
+def lineage(url: str) -> list[str]:
+    """``url`` and every store it was made from, as their attrs record them (a jacobian store's
+    JSAE and activations, a JSAE's activations): what a command reading ``url`` follows, and so
+    what none of its outputs may be, be inside, or contain."""
+    found: list[str] = []
+    todo = [resolve_url(url)]
+    while todo:
+        current = todo.pop(0)
+        if current in found:
+            continue
+        found.append(current)
+        meta = try_meta(current) or {}
+        todo += [resolve_url(meta[key]) for key in MADE_FROM if isinstance(meta.get(key), str) and meta[key]]
+    return found
+
+
+def check_output_file(path: str, reads: Sequence[str], what: str) -> None:
+    """A file an output option names (``--plot``, ``--html``), refused before any work when it
+    is, is inside or contains a store the command reads or follows, lies inside any zarr store,
+    is a directory, or sits where nothing can be written."""
+    url = resolve_url(path)
+    if not is_local(url):
+        raise StoreError(f"{what} must be a local file, not {path}", hint="write it locally, then copy it")
+    check_alias(url, reads, what)
+    if os.path.isdir(url):
+        raise StoreError(f"{what} {url} is a directory", hint="give a file name")
+    parent = os.path.dirname(url)
+    if not os.path.isdir(parent):
+        raise StoreError(f"{what} {url}: {parent} is not a directory", hint="create the directory first, or choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"{what} {url}: {parent} is not writable", hint="choose another path")
+
+
 def check_writable(url: str, kind: str, config: dict[str, Any], *, overwrite: bool = False,
                    reads: Sequence[str] = (), shard: tuple[int, int] | None = None) -> dict[str, Any] | None:
     """Refuse what ``writing`` would refuse, without writing anything (every process of a
@@ -398,7 +422,6 @@ def check_writable(url: str, kind: str, config: dict[str, Any], *, overwrite: bo
     config), None when a new store will be made.
     """
     url = resolve_url(url)
-    check_options_finite(config)
     check_alias(url, reads)
     if not exists(url) or _is_empty_dir(url):
         _check_creatable(url)

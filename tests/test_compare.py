@@ -149,7 +149,7 @@ def test_refusals(acts_store, jsae_store):
     result = runner.invoke(app, ["compare", acts_store])
     assert result.exit_code == 1 and "needs a jsae or jacobian store" in result.stderr and result.stdout == ""
     result = runner.invoke(app, ["compare"], input="")
-    assert result.exit_code == 2 and "no stores to compare" in result.stderr
+    assert result.exit_code == 1 and "no stores arrived on stdin" in result.stderr
     result = runner.invoke(app, ["compare", jsae_store, "--json", "--csv"])
     assert result.exit_code == 2 and "exclusive" in result.stderr
 

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from jsaectl.cli import app
+from jsaectl.configs import FORMATS
 from jsaectl.export import (
     CONNECTION_COLUMNS,
-    FORMATS,
     ExportConfig,
     export,
     sparsify_tensors,

@@ -373,7 +373,7 @@ def test_bad_environment_gets_one_line(stores, gpt2_dir, corpus, tmp_path):
     base = ["harvest", str(gpt2_dir), "-l", "1", "-n", "2k", "-T", "32", "-o", str(tmp_path / "h.zarr")]
     binary = tmp_path / "config.yaml"
     binary.write_bytes(bytes(range(256)) * 4)
-    assert "not a text file" in fails([*base, "-d", str(corpus), "--config", str(binary)], code=2)
+    assert "is not UTF-8 text" in fails([*base, "-d", str(corpus), "--config", str(binary)], code=2)
     cut = tmp_path / "cut.jsonl.gz"
     import gzip
 

@@ -215,19 +215,21 @@ def test_a_failing_stage_stops_the_pipe(tmp_path):
 
 
 def test_filtering_the_table_by_latent(jac, jsae_store):
-    from jsaectl.jacobian import load_result
+    from jsaectl.connections import query
+    from jsaectl.store import open_store
 
     c = jac.top[0]
-    into = load_result(jac.store, top=5, outputs=(c.output,))
-    assert into.top[0].input == c.input and all(x.output == c.output for x in into.top)
-    assert [x.strength for x in into.top] == sorted((x.strength for x in into.top), reverse=True)
-    out_of = load_result(jac.store, top=50, inputs=(c.input,))
-    assert all(x.input == c.input for x in out_of.top) and len(out_of.top) > 1
-    again = ["jacobian", jsae_store, "-n", str(N), "--per-token", "--linearity", "30", "-o", jac.store]
-    result = runner.invoke(app, [*again, "--output-latent", str(c.output), "--top", "3"])
-    assert result.exit_code == 0 and "already complete" in result.stderr and f"output latent {c.output} only" in result.stderr
-    result = runner.invoke(app, [*again, "--output-latent", "100000"])
-    assert result.exit_code == 2 and "out of range" in result.stderr and result.stdout == ""
+    store = open_store(jac.store, "jacobian")
+    into = query(store, top=5, outputs=(c.output,))
+    assert into[0].input == c.input and all(x.output == c.output for x in into)
+    assert [x.strength for x in into] == sorted((x.strength for x in into), reverse=True)
+    out_of = query(store, top=50, inputs=(c.input,))
+    assert all(x.input == c.input for x in out_of) and len(out_of) > 1
+    # jacobian computes; asking a jacobian store is `connections`' job alone
+    result = runner.invoke(app, ["jacobian", jac.store, "--top", "3"])
+    assert result.exit_code == 1 and "jsaectl connections" in result.stderr and result.stdout == ""
+    result = runner.invoke(app, ["jacobian", jsae_store, "--output-latent", "3"])
+    assert result.exit_code == 2 and "--output-latent" in result.stderr and result.stdout == ""
 
 
 def test_linearity_classifier_on_known_curves():

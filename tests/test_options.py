@@ -15,18 +15,17 @@ from jsaectl import options as opts
 from jsaectl.cli import app
 from jsaectl.cli._generate import cli_default, cli_fields
 
-CONFIGS = [configs.HarvestConfig, configs.TrainConfig, configs.JacobianConfig, configs.MaxactConfig, configs.CompareConfig,
-           configs.ExportConfig, configs.ImportConfig]
 COMMANDS = {"harvest": configs.HarvestConfig, "train": configs.TrainConfig, "jacobian": configs.JacobianConfig,
-            "maxact": configs.MaxactConfig, "compare": configs.CompareConfig, "export": configs.ExportConfig,
-            "import": configs.ImportConfig}
+            "connections": configs.ConnectionsConfig, "maxact": configs.MaxactConfig, "compare": configs.CompareConfig,
+            "report": configs.ReportConfig, "export": configs.ExportConfig, "import": configs.ImportConfig,
+            "verify": configs.VerifyConfig}
+CONFIGS = list(COMMANDS.values())
 
 
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
 def test_every_field_has_help(cls):
-    docs = opts.docs(cls)
-    missing = [f.name for f in dataclasses.fields(cls) if len(docs.get(f.name, "")) < 10]
-    assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+    missing = [f.name for f in dataclasses.fields(cls) if len(opts.meta(f).help) < 10]
+    assert not missing, f"{cls.__name__} fields without help: {missing}"
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -38,18 +37,18 @@ def test_cli_defaults_are_the_dataclass_defaults(name):
         assert f.name in params, f"{name}: {f.name} is not on the command line"
         param, meta = params[f.name], opts.meta(f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if meta["required"]:
+        if meta.required:
             continue
         shown = param.default
-        if meta["kind"] and shown is not None:
-            shown = opts.KINDS[meta["kind"]][0](shown, f.name)
+        if meta.kind and shown is not None:
+            shown = opts.KINDS[meta.kind][0](shown, f.name)
         elif isinstance(shown, (list, tuple)):
             shown = tuple(shown)
         elif shown is None and default == ():
             shown = ()
         assert shown == default, f"{name} {f.name}: CLI default {param.default!r} is not the dataclass's {default!r}"
         assert cli_default(f) == param.default
-        assert param.help and param.help == opts.docs(cls)[f.name]
+        assert param.help and param.help == opts.meta(f).help
 
 
 def test_identity_is_what_the_store_holds():

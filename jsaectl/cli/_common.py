@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 import yaml
@@ -22,7 +22,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from jsaectl.errors import ConfigError, JsaectlError
+from jsaectl.errors import ConfigError, JsaectlError, shown
+from jsaectl.options import OUTPUTS, check_given, describe
 from jsaectl.units import format_count
 
 class _Console(Console):
@@ -60,60 +61,115 @@ def out_console(**kwargs: Any) -> Console:
 # --config FILE.yaml
 
 
-def _load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | None:
-    """Eager callback: the file's keys become the command's defaults, so flags still win."""
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as a config file may hold it: no anchors or aliases (whose expansion has no limit),
+    no key given twice (PyYAML would keep the last one silently)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"YAML anchors and aliases are not allowed in a config file (line {mark.line + 1})",
+                              hint="write each value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"the key {shown(key)} is given twice (line {key_node.start_mark.line + 1})",
+                                  hint="give each option once")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--config: no such file: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path} is not UTF-8 text", hint="a config file is YAML text, key: value per line") from None
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader, stricter)
+    except ConfigError as e:
+        raise ConfigError(f"--config {path}: {e.message}", hint=e.hint) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} must hold a mapping of option: value, not {describe(data)}",
+                          hint="e.g. tokens: 2M on a line of its own")
+    return data
+
+
+def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | None:
+    """Eager callback of --config: the file's keys become the command's defaults (so flags still
+    win), each value held to its option's declared type before click converts anything."""
     if value is None:
         return None
-    try:
-        data = yaml.safe_load(Path(value).read_text())
-    except FileNotFoundError:
-        raise typer.BadParameter(f"no such file: {value}") from None
-    except UnicodeDecodeError:
-        raise typer.BadParameter(f"{value} is not a text file (a YAML config is UTF-8 text)") from None
-    except OSError as e:
-        raise typer.BadParameter(f"cannot read {value}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise typer.BadParameter(f"{value} is not valid YAML: {str(e).splitlines()[0]}") from None
-    data = data or {}
-    if not isinstance(data, dict):
-        raise typer.BadParameter(f"{value} must hold a mapping of option: value")
+    data = _read_yaml(Path(value))
+    cls = getattr(ctx.command.callback, "config_class", None)
     # A key is an option's long name (`context-size`, `json`) or its parameter name (`context_size`).
-    aliases: dict[str, str] = {}
-    shown: set[str] = set()
+    aliases: dict[str, Any] = {}
     for p in ctx.command.params:
         if p.name in ("config", "help"):
             continue
-        longs = [o[2:] for o in p.opts if o.startswith("--")]
-        shown.add(longs[0] if longs else p.name)
-        for alias in (p.name, *longs):
-            aliases[alias.replace("-", "_")] = p.name
-    keys = {str(k): str(k).replace("-", "_") for k in data}
-    unknown = sorted(k for k, norm in keys.items() if norm not in aliases)
-    if unknown:
-        raise typer.BadParameter(f"unknown key(s) in {value}: {', '.join(unknown)} (valid: {', '.join(sorted(shown))})")
-    ctx.default_map = {**(ctx.default_map or {}), **{aliases[keys[str(k)]]: v for k, v in data.items()}}
+        for alias in (p.name, *(o[2:] for o in p.opts if o.startswith("--"))):
+            aliases[alias.replace("-", "_")] = p
+    given: dict[str, Any] = {}
+    for key, raw in data.items():
+        p = aliases.get(str(key).replace("-", "_"))
+        if p is None or not isinstance(key, str):
+            valid = sorted({(next((o[2:] for o in q.opts if o.startswith("--")), q.name)) for q in aliases.values()})
+            raise ConfigError(f"--config {value}: unknown key {shown(key)}", hint="valid keys: " + ", ".join(valid))
+        given[p.name] = _checked(cls, p, raw, f"--config {value}")
+    ctx.default_map = {**(ctx.default_map or {}), **given}
     return value
 
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        help="YAML file of option values (keys are option names, e.g. `tokens: 2M`); flags given on the command line win.",
-        is_eager=True,
-        callback=_load_config,
-        dir_okay=False,
-    ),
-]
-OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Where to write the store: a path or an fsspec URL (s3://…).")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store at --out that was made with a different config.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document (the store URL and summary figures) instead of the URL.")]
-ResultJsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout instead of the table.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
+def _checked(cls: type | None, param: Any, raw: Any, where: str) -> Any:
+    """A config file's value for one parameter, held to its declared type."""
+    from jsaectl.cli._generate import OUTPUT_PARAMETER
+
+    for name, output in OUTPUTS.items():
+        if param.name == OUTPUT_PARAMETER.format(name):
+            ok = isinstance(raw, str) if output.file else isinstance(raw, bool)
+            if not ok:
+                raise ConfigError(f"{where}: {name} must be {'a file path (text)' if output.file else 'true or false'}, "
+                                  f"not {describe(raw)}")
+            return raw
+    return check_given(cls, param.name, raw, where)
 
 
 # --------------------------------------------------------------------------------------------
 # stdin / stdout
+
+# A store URL on stdin longer than this is not a store URL (and is not echoed back whole).
+MAX_STDIN_LINE = 4096
+
+
+def _stdin_store(line: str) -> str:
+    """One line of stdin as a store URL: the URL itself, or a stage's --json document."""
+    if len(line) > MAX_STDIN_LINE:
+        raise JsaectlError(f"stdin's line is {len(line):,} characters long, which is no store URL",
+                           hint="pipe a jsaectl stage into this one, or pass the store as an argument")
+    if not line.startswith("{"):
+        return line
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError:
+        raise JsaectlError("stdin holds a line that starts like JSON but is not", hint="pipe a jsaectl stage into this one") from None
+    store = doc.get("store") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or "store" not in doc:
+        raise JsaectlError("stdin holds JSON without a \"store\" key", hint="pipe a jsaectl stage into this one")
+    if not isinstance(store, str) or not store:
+        raise JsaectlError(f"stdin's JSON has \"store\": {describe(store)}, which is not a store URL (text)",
+                           hint="pipe a jsaectl stage into this one")
+    return store
 
 
 def store_from_arg(value: str | None) -> str:
@@ -124,42 +180,25 @@ def store_from_arg(value: str | None) -> str:
     if stdin is None or stdin.isatty():
         raise ConfigError("no store given, and stdin is a terminal",
                           hint="pass the store path, or pipe the previous stage in: jsaectl harvest | jsaectl train")
-    line = stdin.readline().strip()
+    line = stdin.readline(MAX_STDIN_LINE + 2).strip()
     if not line:
         raise JsaectlError("no store arrived on stdin", hint="the previous stage printed nothing; see its error above")
-    if line.startswith("{"):  # the previous stage ran with --json
-        try:
-            return json.loads(line)["store"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise JsaectlError("stdin holds JSON without a \"store\" key", hint="pipe a jsaectl stage into this one") from None
-    return line
+    return _stdin_store(line)
 
 
 def stores_from_args(args: list[str] | None) -> tuple[str, ...]:
-    """Several store arguments, or (when none or ``-``) one per line of stdin."""
+    """Several store arguments, or (when none or ``-``) one per line of stdin (at least one)."""
     if args and args != ["-"]:
         return tuple(args)
     if sys.stdin is None or sys.stdin.isatty():
         raise ConfigError("no stores given, and stdin is a terminal", hint="pass the stores, or pipe them in one per line")
     lines = []
-    for line in sys.stdin:
-        line = line.strip()
-        if line.startswith("{"):  # a stage's --json line
-            try:
-                line = json.loads(line).get("store", "")
-            except (json.JSONDecodeError, AttributeError):
-                raise JsaectlError("stdin holds JSON without a \"store\" key", hint="pipe a jsaectl stage into this one") from None
-        if line:
-            lines.append(line)
+    while line := sys.stdin.readline(MAX_STDIN_LINE + 2):
+        if line.strip():
+            lines.append(_stdin_store(line.strip()))
+    if not lines:
+        raise JsaectlError("no stores arrived on stdin", hint="the previous stage printed nothing; see its error above")
     return tuple(lines)
-
-
-def parse_floats(text: str, option: str) -> tuple[float, ...]:
-    """``"0.01,0.02"`` -> ``(0.01, 0.02)``, sorted (for --thresholds-like options)."""
-    try:
-        return tuple(sorted(float(p) for p in text.split(",") if p.strip()))
-    except ValueError:
-        raise ConfigError(f"{option} must be numbers separated by commas, not {text!r}") from None
 
 
 def emit(store: str, summary: dict[str, Any], as_json: bool) -> None:

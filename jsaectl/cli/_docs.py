@@ -37,6 +37,9 @@ def render() -> str:
                 continue
             flags = " / ".join(f"`{o}`" for o in [*p.opts, *getattr(p, "secondary_opts", [])]) if p.param_type_name == "option" else f"`{p.name.upper()}` (argument)"
             text = (getattr(p, "help", None) or "").replace("|", "\\|")
+            allowed = getattr(getattr(p, "type", None), "choices", None)
+            if allowed:
+                text += " One of: " + ", ".join(f"`{c}`" for c in allowed) + "."
             lines.append(f"| {flags} | {_default(p)} | {text} |")
         lines.append("")
     return "\n".join(lines)

@@ -12,15 +12,15 @@ import csv
 import json
 import math
 import sys
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.table import Table
 
-from jsaectl.cli._common import ConfigOpt, RichReporter, err, out_console
+from jsaectl.cli._common import RichReporter, err, out_console
 from jsaectl.cli._generate import from_config
 from jsaectl.configs import CompareConfig
-from jsaectl.errors import ConfigError, JsaectlError
+from jsaectl.errors import JsaectlError
+from jsaectl.options import Outputs
 
 _ROWS = [
     ("reconstruction", None, None),
@@ -114,19 +114,12 @@ def plot(results, path: str) -> None:
 
 
 @from_config(CompareConfig)
-def compare_cmd(
-    cfg: CompareConfig,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON document.")] = False,
-    csv_out: Annotated[bool, typer.Option("--csv", help="Print the metrics as CSV, one row per run, in the table's order.")] = False,
-    plot_path: Annotated[str | None, typer.Option("--plot", help="Draw the trade-off figure to this PNG file (needs matplotlib: pip install 'jsaectl\\[plot]').", show_default=False)] = None,
-    config: ConfigOpt = None,
-) -> None:
+def compare_cmd(cfg: CompareConfig, out: Outputs) -> None:
     from dataclasses import replace
 
     from jsaectl.compare import compare
 
-    if json_out and csv_out:
-        raise ConfigError("--json and --csv are exclusive")
+    plot_path = out.plot
     if plot_path:
         if 0.01 not in cfg.thresholds:  # the plot's y axis is the paper's |J| > 0.01
             cfg = replace(cfg, thresholds=tuple(sorted((*cfg.thresholds, 0.01))))
@@ -140,11 +133,11 @@ def compare_cmd(
     if plot_path:
         plot(results, plot_path)
         err.print(f"trade-off plot written to {plot_path}")
-    if json_out:
+    if out.json:
         clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731  (JSON has no NaN: null)
         sys.stdout.write(json.dumps([{"store": r.store, "name": r.name, **r.info, **{k: clean(v) for k, v in r.values.items()}}
                                      for r in results]) + "\n")
-    elif csv_out:
+    elif out.csv:
         keys = csv_keys(results, cfg)
         writer = csv.writer(sys.stdout)
         writer.writerow(["store", "name", "lam", "k", "model", "layer", "random_init", *keys])

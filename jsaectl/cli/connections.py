@@ -8,43 +8,32 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from dataclasses import asdict
-from typing import Annotated
+from dataclasses import asdict, fields
 
-import typer
-
-from jsaectl.cli._common import ConfigOpt, out_console
+from jsaectl.cli._common import out_console
 from jsaectl.cli._generate import from_config
+from jsaectl.cli.tables import connections_table, connections_title
 from jsaectl.configs import ConnectionsConfig
-from jsaectl.errors import ConfigError
+from jsaectl.options import Outputs
 
 
 @from_config(ConnectionsConfig)
-def connections_cmd(
-    cfg: ConnectionsConfig,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the connections as one JSON document.")] = False,
-    csv_out: Annotated[bool, typer.Option("--csv", help="Print the connections as CSV, one row each.")] = False,
-    config: ConfigOpt = None,
-) -> None:
+def connections_cmd(cfg: ConnectionsConfig, out: Outputs) -> None:
     from jsaectl import store as st
-    from jsaectl.cli.jacobian import _title, connections_table
-    from jsaectl.connections import query
+    from jsaectl.connections import Connection, query
 
-    if json_out and csv_out:
-        raise ConfigError("--json and --csv are exclusive")
     store = st.open_store(cfg.store, "jacobian")
     found = query(store, inputs=cfg.input_latent, outputs=cfg.output_latent, top=cfg.top,
                   min_strength=cfg.min_strength, sort=cfg.sort)
-    if json_out:
+    if out.json:
         sys.stdout.write(json.dumps({"store": store.url, "n_tokens": store.meta["n_tokens"],
                                      "connections": [c.to_json() for c in found]}, ensure_ascii=False) + "\n")
-    elif csv_out:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(asdict(found[0]) if found else ("input", "output")),
-                                lineterminator="\n")
+    elif out.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=[f.name for f in fields(Connection)], lineterminator="\n")
         writer.writeheader()
         writer.writerows(asdict(c) for c in found)
     else:
-        title = _title(len(found), cfg.input_latent, cfg.output_latent)
+        title = connections_title(len(found), cfg.input_latent, cfg.output_latent)
         if cfg.sort != "strength":
             title += f", by {cfg.sort}"
         out_console(width=None if sys.stdout.isatty() else 240).print(connections_table(found, title))

@@ -7,16 +7,17 @@ Formats: saelens (sae_in/ and sae_out/: SAELens v6 TopK SAEs), sparsify (layers.
 
 from __future__ import annotations
 
-from jsaectl.cli._common import ConfigOpt, JsonOpt, RichReporter, emit, err
+from jsaectl.cli._common import RichReporter, emit, err
 from jsaectl.cli._generate import from_config
 from jsaectl.configs import ExportConfig
+from jsaectl.options import Outputs
 
 
 @from_config(ExportConfig)
-def export_cmd(cfg: ExportConfig, json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
+def export_cmd(cfg: ExportConfig, out: Outputs) -> None:
     from jsaectl.export import export
 
     result = export(cfg, RichReporter())
     n = len(result.files)
     err.print(f"wrote {n} file{'' if n == 1 else 's'} ({result.format}) to {result.out}", markup=False)
-    emit(result.out, result.summary(), json_out)
+    emit(result.out, result.summary(), out.json)

@@ -5,13 +5,14 @@ PAIR_DIR holds cfg.json and sae_weights.safetensors. --acts is an activations st
 
 from __future__ import annotations
 
-from jsaectl.cli._common import JsonOpt, RichReporter, emit, err
+from jsaectl.cli._common import RichReporter, emit, err
 from jsaectl.cli._generate import from_config
 from jsaectl.configs import ImportConfig
+from jsaectl.options import Outputs
 
 
 @from_config(ImportConfig)
-def import_cmd(cfg: ImportConfig, json_out: JsonOpt = False) -> None:
+def import_cmd(cfg: ImportConfig, out: Outputs) -> None:
     from jsaectl.importer import import_pair
 
     result = import_pair(cfg, RichReporter())
@@ -19,4 +20,4 @@ def import_cmd(cfg: ImportConfig, json_out: JsonOpt = False) -> None:
         checked = "MLP weights checked against --acts" if result.mlp_checked else "no MLP weights in the pair to check"
         err.print(f"imported 2 × {result.n_latents:,} latents, k={result.k}, λ={result.lam} ({checked}) → {result.store}",
                   markup=False)
-    emit(result.store, result.summary(), json_out)
+    emit(result.store, result.summary(), out.json)

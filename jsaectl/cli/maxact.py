@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 
-from jsaectl.cli._common import ConfigOpt, ResultJsonOpt, RichReporter, out_console
+from jsaectl.cli._common import RichReporter, out_console
 from jsaectl.cli._generate import from_config
 from jsaectl.configs import MaxactConfig
+from jsaectl.options import Outputs
 
 
 def _shade(value: float, peak: float) -> Style:
@@ -57,14 +58,14 @@ def render(result, console: Console) -> None:
 
 
 @from_config(MaxactConfig)
-def maxact_cmd(cfg: MaxactConfig, json_out: ResultJsonOpt = False, config: ConfigOpt = None) -> None:
+def maxact_cmd(cfg: MaxactConfig, out: Outputs) -> None:
     import json
     import sys
 
     from jsaectl.maxact import maxact
 
     result = maxact(cfg, RichReporter())
-    if json_out:
+    if out.json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
     else:
         render(result, out_console())

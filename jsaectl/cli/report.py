@@ -5,17 +5,18 @@ STORE is the jacobian store printed by `jsaectl jacobian` (or read from stdin). 
 
 from __future__ import annotations
 
-from jsaectl.cli._common import JsonOpt, RichReporter, emit, err
+from jsaectl.cli._common import RichReporter, emit, err
 from jsaectl.cli._generate import from_config
 from jsaectl.configs import ReportConfig
+from jsaectl.options import Outputs
 
 
 @from_config(ReportConfig)
-def report_cmd(cfg: ReportConfig, json_out: JsonOpt = False) -> None:
+def report_cmd(cfg: ReportConfig, out: Outputs) -> None:
     from jsaectl.report import report
 
     result = report(cfg, RichReporter())
     index = f"{result.out}/index.html"
     err.print(f"report: {result.connections} connections, {result.latents} latents, {len(result.files)} files → {index}",
               markup=False)
-    emit(index, result.summary(), json_out)
+    emit(index, result.summary(), out.json)

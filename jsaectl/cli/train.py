@@ -13,9 +13,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from jsaectl.cli._common import ConfigOpt, JsonOpt, RichReporter, emit, err
+from jsaectl.cli._common import RichReporter, emit, err
 from jsaectl.cli._generate import from_config, parsed
 from jsaectl.configs import TrainConfig
+from jsaectl.options import Outputs
 
 
 def _summary_table(metrics: dict[str, float], k: int, tokens_per_second: float) -> Table:
@@ -42,7 +43,6 @@ def _resume_from_store(ctx: typer.Context, given: dict[str, Any]) -> Any:
     command line (or in --config) changed."""
     if not (given.get("resume") and given.get("out") and not given.get("acts")):
         return None
-    from jsaectl.configs import TrainConfig
     from jsaectl.train import resume_config
 
     named = {name for name in given if ctx.get_parameter_source(name).name in ("COMMANDLINE", "DEFAULT_MAP")}
@@ -50,10 +50,10 @@ def _resume_from_store(ctx: typer.Context, given: dict[str, Any]) -> Any:
 
 
 @from_config(TrainConfig, build_with=_resume_from_store)
-def train_cmd(ctx: typer.Context, cfg: TrainConfig, json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
+def train_cmd(ctx: typer.Context, cfg: TrainConfig, out: Outputs) -> None:
     from jsaectl.train import train
 
     result = train(cfg, RichReporter())
     if result.metrics:
         err.print(_summary_table(result.metrics, cfg.k, result.tokens_per_second))
-    emit(result.store, result.summary(), json_out)
+    emit(result.store, result.summary(), out.json)

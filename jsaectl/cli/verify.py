@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from jsaectl.cli._common import RichReporter, err, stores_from_args
+from jsaectl.cli._common import RichReporter, err
+from jsaectl.cli._generate import from_config
+from jsaectl.configs import VerifyConfig
+from jsaectl.options import Outputs
 
 _SHOWN = 8  # problems listed per store; --json has them all
 
@@ -33,17 +35,13 @@ def _table(reports) -> Table:
     return table
 
 
-def verify_cmd(
-    stores: Annotated[list[str] | None, typer.Argument(help="Stores to check (paths or URLs); read one per line from stdin when missing.", show_default=False)] = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Re-harvest the damaged chunks of an activations store (loads the model and reads the text again), then check it again.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the reports as one JSON document on stdout.")] = False,
-) -> None:
+@from_config(VerifyConfig)
+def verify_cmd(cfg: VerifyConfig, out: Outputs) -> None:
     from jsaectl.verify import repair as repair_store
     from jsaectl.verify import verify
 
-    urls = stores_from_args(stores)
-    reports = [verify(url, RichReporter()) for url in urls]
-    if repair:
+    reports = [verify(url, RichReporter()) for url in cfg.stores]
+    if cfg.repair:
         for i, report in enumerate(reports):
             if not report.ok:
                 repair_store(report.url, report, RichReporter())
@@ -56,7 +54,7 @@ def verify_cmd(
             err.print(f"  ✗ {r.url}: {p}", highlight=False, markup=False)
         if len(r.problems) > _SHOWN:
             err.print(f"  … and {len(r.problems) - _SHOWN} more (--json lists them all)")
-    if json_out:
+    if out.json:
         sys.stdout.write(json.dumps([r.to_json() for r in reports]) + "\n")
     bad = sum(not r.ok for r in reports)
     if bad:
