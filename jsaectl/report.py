@@ -62,6 +62,20 @@ class _Scan:
     tops: dict[str, TopExamples]
 
 
+@dataclass(frozen=True)
+class _Written:
+    """The pages a report writes. Tables list more latents and connections than get pages (a
+    latent's strongest connections reach beyond the top ones): the templates link only to these."""
+    latents: frozenset[tuple[str, int]]
+    connections: frozenset[tuple[int, int]]
+
+    def latent(self, side: str, latent: int) -> bool:
+        return (side, latent) in self.latents
+
+    def connection(self, input: int, output: int) -> bool:
+        return (input, output) in self.connections
+
+
 def report(cfg: ReportConfig, reporter: Reporter = SILENT) -> ReportResult:
     from jsaectl.device import pick_device
 
@@ -159,8 +173,10 @@ def _pages(jac: st.Store, model: LoadedJSAE, top: list[conn.Connection], scan: _
         c = next(c for c in top if (c.input, c.output) == (i, o))
         pairs.append({"connection": c, "examples": _example_rows(examples(model, "out", o, rows, scores, cfg.context,
                                                                         input_latent=i))})
+    written = _Written(frozenset((lat["side"], lat["id"]) for lat in latents), frozenset(scan.pairs))
     return {"summary": _summary(jac, model), "top": top, "graph": _graph(top), "latents": latents, "pairs": pairs,
-            "histogram": _histogram(jac), "curves": _curves(model.store), "scanned": model.analysed_rows(cfg.tokens)}
+            "histogram": _histogram(jac), "curves": _curves(model.store), "scanned": model.analysed_rows(cfg.tokens),
+            "written": written}
 
 
 def _summary(jac: st.Store, model: LoadedJSAE) -> dict[str, Any]:
@@ -221,6 +237,9 @@ def _histogram(jac: st.Store) -> dict[str, Any]:
     return {"bars": bars, "width": 60 + 34 * len(bars), "height": 230}
 
 
+ZERO_BASED = ("lam", "j_count")  # never negative, and 0 is the point: λ ramps up from it, |J| sparsity aims at it
+
+
 def _curves(jsae: st.Store) -> list[dict[str, Any]]:
     """Training curves from the jsae store's history/, one small chart each."""
     if "history" not in jsae.group or "step" not in jsae.group["history"]:
@@ -236,13 +255,38 @@ def _curves(jsae: st.Store) -> list[dict[str, Any]]:
         ok = np.isfinite(ys)
         if ok.sum() < 2:
             continue
-        xs, ys = steps[ok], ys[ok]
-        lo, hi = float(ys.min()), float(ys.max())
-        span = hi - lo or 1.0
-        points = " ".join(f"{40 + 240 * (x - xs[0]) / max(1, xs[-1] - xs[0]):.1f},{20 + 110 * (1 - (v - lo) / span):.1f}"
-                          for x, v in zip(xs, ys))
-        charts.append({"title": title, "points": points, "lo": f"{lo:.3g}", "hi": f"{hi:.3g}", "last": int(xs[-1])})
+        xs, ys, note = steps[ok], ys[ok], ""
+        if key == "lam":
+            xs, ys, note = _lam_start(jsae.meta, xs, ys)
+        charts.append(_chart(title, xs, ys, zero=key in ZERO_BASED, note=note))
     return charts
+
+
+def _chart(title: str, xs: np.ndarray, ys: np.ndarray, zero: bool, note: str = "") -> dict[str, Any]:
+    """One curve's polyline: x from step 0 (the axis says so) to the last logged step, y from the
+    lowest value, or from 0 where ``zero``, to the highest."""
+    lo, hi = float(ys.min()), float(ys.max())
+    if zero:
+        lo = min(0.0, lo)
+    span = hi - lo or 1.0
+    last = max(1.0, float(xs[-1]))
+    points = " ".join(f"{40 + 240 * x / last:.1f},{20 + 110 * (1 - (v - lo) / span):.1f}" for x, v in zip(xs, ys))
+    return {"title": title, "points": points, "lo": f"{lo:.3g}", "hi": f"{hi:.3g}", "last": int(xs[-1]), "note": note}
+
+
+def _lam_start(meta: dict[str, Any], xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """The record of step s (steps done) holds the λ that step used, λ·min(1, (s − 1)/warm), so
+    step 1 used 0. While the first record is still on that linear ramp, the line from (1, 0) to it
+    is the schedule itself and is drawn; past the ramp a straight line would misdraw it: say so."""
+    warm = float((meta.get("config") or {}).get("lam_warmup") or 0) * float(meta.get("n_steps") or 0)
+    lam = meta.get("lam")
+    if warm <= 0 or lam is None or xs[0] <= 1:
+        return xs, ys, ""
+    if not np.isclose(ys[0], lam * min(1.0, (xs[0] - 1) / warm)):  # a history that does not follow the schedule
+        return xs, ys, ""
+    if xs[0] - 1 <= warm:
+        return np.r_[1.0, xs], np.r_[0.0, ys], ""
+    return xs, ys, f"λ ramped up from 0 over the first {warm:.3g} steps, before the first logged step ({int(xs[0])})."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +301,7 @@ def _render(out: str, pages: dict[str, Any]) -> list[str]:
     env = Environment(loader=FileSystemLoader(str(templates)), autoescape=select_autoescape(["html"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["g"] = lambda v, digits=3: "–" if v is None else f"{v:.{digits}g}"
+    env.globals["written"] = pages["written"]  # a global: the imported macros that make links see it too
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".partial", dir=parent)

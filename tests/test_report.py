@@ -8,7 +8,9 @@ import json
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from typer.testing import CliRunner
 from jsaectl import store as st
 from jsaectl.cli import app
 from jsaectl.jacobian import JacobianConfig, jacobian
+from jsaectl.report import _lam_start
 from jsaectl.text import pack
 
 runner = CliRunner()
@@ -126,6 +129,50 @@ def test_the_report_is_self_contained_small_and_escapes_tokens(report_dir):
         assert not re.search(r"(src|href)=\"(https?:)?//", html), page  # nothing fetched from the network
         assert SCRIPT not in html, page  # tokens are text, never markup
     assert any("&lt;script&gt;" in p.read_text() for p in pages)
+
+
+class _Links(HTMLParser):
+    """Every href and src of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.links += [v for k, v in attrs if k in ("href", "src") and v is not None]
+
+
+def test_every_link_in_the_report_leads_to_a_page_it_wrote(report_dir):
+    checked, dead, external = 0, [], []
+    for page in sorted(report_dir.rglob("*.html")):
+        parser = _Links()
+        parser.feed(page.read_text())
+        for link in parser.links:
+            parts = urlsplit(link)
+            if parts.scheme in ("http", "https", "mailto", "javascript"):
+                external.append((page.name, link))
+                continue
+            if not parts.path:  # a fragment-only link stays on the page
+                continue
+            checked += 1
+            target = (page.parent / unquote(parts.path)).resolve()
+            if not (target.is_file() and target.is_relative_to(report_dir.resolve())):
+                dead.append(f"{page.relative_to(report_dir)} -> {link}")
+    assert not external, external  # the report is self-contained
+    assert not dead, f"{len(dead)} of {checked} links lead nowhere: {dead[:10]}"
+    assert checked > 20  # the walk found the links it should check
+
+
+def test_the_lambda_curve_starts_at_0(report_dir):
+    html = (report_dir / "index.html").read_text()
+    chart = re.search(r"<h3>λ</h3>.*?</svg>\s*(<p[^>]*>[^<]*</p>)?", html, re.S).group(0)
+    assert re.search(r"y=\"132\" class=\"tick\">0</text>", chart)  # the y axis starts at 0, not at the least λ logged
+    assert "before the first logged step (10)" in chart  # the tiny run's 5.85-step warm-up was never logged: said so
+    meta = {"config": {"lam_warmup": 0.05}, "n_steps": 1000, "lam": 2.0}  # λ ramps up over steps 0–50
+    xs, ys, note = _lam_start(meta, np.array([10.0, 20.0, 60.0]), np.array([2 * 9 / 50, 2 * 19 / 50, 2.0]))
+    assert (xs[0], ys[0], note) == (1, 0, "")  # logged on the ramp: drawn down to the 0 that step 1 used
+    xs, ys, note = _lam_start(meta, np.array([10.0, 20.0]), np.array([0.5, 0.5]))
+    assert xs[0] == 10 and note == ""  # a history off the schedule gets no invented point
 
 
 def test_a_report_is_replaced_only_with_overwrite_and_never_a_foreign_folder(hostile, report_dir, tmp_path):
