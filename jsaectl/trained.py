@@ -9,15 +9,19 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import zarr
 
 from jsaectl import store as st
 from jsaectl.acts import Activations, read_mlp, write_mlp
-from jsaectl.errors import ConfigError, StoreError
+from jsaectl.configs import JACOBIAN_AT
+from jsaectl.errors import ConfigError, StoreError, shown
 from jsaectl.jsae import JSAE
 from jsaectl.mlp import MLPWeights
 from jsaectl.sae import Encoded, TopKSAE
 
 SAE_PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
+# Each SAE weight's shape, in the attrs of its group (SAELens orientation).
+_SHAPES = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}
 
 
 class Batch(NamedTuple):
@@ -69,6 +73,63 @@ def save_jsae(store: st.Store, jsae: JSAE) -> None:
     write_mlp(store, jsae.mlp)
 
 
+def _count(value: Any) -> bool:
+    """A positive integer as JSON holds one (not a bool, not 4.0)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def jsae_problems(group: zarr.Group, meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(where, what is wrong)`` for every way the SAEs of a jsae store disagree with its attrs:
+    each SAE's d_in = the store's d_model and d_sae = its n_latents (so both SAEs have one width),
+    k an integer with 1 ≤ k ≤ d_sae and the store's k, and every weight present with exactly the
+    shape these imply (a [1, n] bias would broadcast into wrong numbers, not fail). Values are not
+    read here: ``load_sae`` refuses non-finite ones, verify checks every chunk. Never raises."""
+    problems = [("", f"has {key} {shown(meta.get(key))} in its attrs, not a positive integer")
+                for key in ("d_model", "n_latents") if not _count(meta.get(key))]
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    if config.get("jacobian_at", "x") not in JACOBIAN_AT:
+        problems.append(("", f"has jacobian_at {shown(config.get('jacobian_at'))} in its config, not one of {', '.join(JACOBIAN_AT)}"))
+    for name in ("sae_in", "sae_out"):
+        problems += _sae_problems(group, name, meta)
+    return problems
+
+
+def _sae_problems(group: zarr.Group, name: str, meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """``jsae_problems`` of one SAE (``sae_in`` or ``sae_out``)."""
+    node = group.get(name)
+    if not isinstance(node, zarr.Group):
+        return [(name, "is missing (a jsae store holds sae_in and sae_out)")]
+    attrs, problems, dims = dict(node.attrs), [], {}
+    for key, ours in (("d_in", "d_model"), ("d_sae", "n_latents")):
+        value, want = attrs.get(key), meta.get(ours)
+        if not _count(value):
+            problems.append((name, f"has {key} {shown(value)} in its attrs, not a positive integer"))
+        elif _count(want) and value != want:
+            same = " (both SAEs of a JSAE have n_latents latents)" if key == "d_sae" else ""
+            problems.append((name, f"has {key} {value} in its attrs, the store's {ours} is {want}{same}"))
+        dims[key] = value if _count(value) else want
+    k, n = attrs.get("k"), dims["d_sae"]
+    if not _count(k) or (_count(n) and k > n):
+        problems.append((name, f"has k {shown(k)} in its attrs; k must be an integer with 1 ≤ k ≤ d_sae = {n}"))
+    elif _count(meta.get("k")) and k != meta["k"]:
+        problems.append((name, f"has k {k} in its attrs, the store's k is {meta['k']} (both SAEs of a JSAE use one k)"))
+    if all(_count(v) for v in dims.values()):
+        for param, axes in _SHAPES.items():
+            problems += _array_problems(group, f"{name}/{param}", tuple(dims[a] for a in axes))
+    return problems
+
+
+def _array_problems(group: zarr.Group, path: str, shape: tuple[int, ...]) -> list[tuple[str, str]]:
+    array = group.get(path)
+    if not isinstance(array, zarr.Array):
+        return [(path, "is missing (a jsae store has it)")]
+    if tuple(array.shape) != shape:
+        return [(path, f"has shape {tuple(array.shape)}, the attrs say {shape}")]
+    if getattr(array.dtype, "kind", "f") != "f":
+        return [(path, f"has dtype {array.dtype}, not a float type")]
+    return []
+
+
 def load_sae(store: st.Store, name: str, device: torch.device | str = "cpu") -> TopKSAE:
     """One SAE of a jsae store (``sae_in`` or ``sae_out``), refused if a weight is not finite."""
     attrs = store.group[name].attrs
@@ -82,6 +143,12 @@ def load_sae(store: st.Store, name: str, device: torch.device | str = "cpu") -> 
 def load_jsae(store: st.Store, device: torch.device | str = "cpu", mlp: MLPWeights | None = None) -> JSAE:
     """The frozen JSAE of a jsae store, evaluated where it was trained (``jacobian_at``). A
     store from before the MLP was kept beside the SAEs needs ``mlp`` (its activations')."""
+    problems = jsae_problems(store.group, store.meta)
+    if problems:  # a damaged, hand-edited or older store: named here, before any number is computed from it
+        where, what = problems[0]
+        more = f" (and {len(problems) - 1} more problem{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
+        raise StoreError(f"{store.url}: {where or 'the store'} {what}{more}",
+                         hint="run `jsaectl verify` on it; re-import it (`jsaectl import`) or retrain it (`jsaectl train --overwrite`)")
     if mlp is None:
         if "mlp" not in store.group:
             raise StoreError(f"{store.url} holds no MLP weights (it predates them)",

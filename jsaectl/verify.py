@@ -25,6 +25,7 @@ from jsaectl import store as st
 from jsaectl.checked import SPARSE_PREFIXES, base_store, crc_ok, describe_chunk
 from jsaectl.errors import ConfigError, StoreError
 from jsaectl.progress import SILENT, Reporter
+from jsaectl.trained import jsae_problems
 
 # Float arrays where a non-finite value is a marker, not damage.
 _NAN_OK = ("history/",)  # a metric not computed at that step
@@ -99,7 +100,7 @@ def verify(url: str, reporter: Reporter = SILENT) -> Report:
         reporter.advance(_n_chunks(array))
     reporter.finish()
     report.arrays = len(arrays)
-    report.problems += _shape_problems(meta, arrays)
+    report.problems += _shape_problems(meta, arrays, group)
     return report
 
 
@@ -175,10 +176,6 @@ def _expected_shapes(meta: dict[str, Any], arrays: dict[str, zarr.Array]) -> dic
         if "vocab" in arrays:
             shapes["vocab_bytes/offsets"] = (arrays["vocab"].shape[0] + 1,)
         return shapes
-    if kind == "jsae":
-        d, n = meta.get("d_model"), meta.get("n_latents")
-        return {f"{s}/{p}": shape for s in ("sae_in", "sae_out")
-                for p, shape in (("W_enc", (d, n)), ("b_enc", (n,)), ("W_dec", (n, d)), ("b_dec", (d,)))}
     if kind == "jacobian":
         p, n, t, k = meta.get("stored_pairs"), meta.get("n_latents"), meta.get("n_tokens"), meta.get("k")
         shapes = {f"connections/{c}": (p,) for c in ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean")}
@@ -188,11 +185,14 @@ def _expected_shapes(meta: dict[str, Any], arrays: dict[str, zarr.Array]) -> dic
     return {}
 
 
-def _shape_problems(meta: dict[str, Any], arrays: dict[str, zarr.Array]) -> list[Problem]:
+def _shape_problems(meta: dict[str, Any], arrays: dict[str, zarr.Array], group: zarr.Group) -> list[Problem]:
     if not meta.get("complete"):
         return []
     problems = [Problem(name, "is missing (a complete store has it)") for name in st.REQUIRED.get(meta.get("kind"), ())
                 if name not in arrays]
+    if meta.get("kind") == "jsae":  # the SAEs' own attrs, k and shapes: what load_jsae refuses, said once
+        missing = {p.array for p in problems}
+        problems += [Problem(where, what) for where, what in jsae_problems(group, meta) if where not in missing]
     for name, shape in _expected_shapes(meta, arrays).items():
         if name in arrays and None not in shape and tuple(arrays[name].shape) != tuple(shape):
             problems.append(Problem(name, f"has shape {tuple(arrays[name].shape)}, the attrs say {tuple(shape)}"))
