@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -35,13 +35,44 @@ def decode_rows(raw: np.ndarray, store_dtype: str) -> torch.Tensor:
 
 @dataclass
 class Activations:
-    """An open, complete activations store."""
+    """An open, complete activations store. A lazy one (``harvest --lazy``) computes x from its
+    tokens once :meth:`compute_on` has loaded and checked its model (see lazy.py)."""
 
     store: st.Store
+    _model: Any = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, url: str) -> Activations:
-        return cls(st.open_store(url, "activations"))
+    def open(cls, url: str, device: torch.device | str | None = None) -> Activations:
+        """The store at ``url``; with ``device``, ready to read x there (a lazy store's model is
+        loaded and checked now, before the caller creates anything)."""
+        acts = cls(st.open_store(url, "activations"))
+        if device is not None:
+            acts.compute_on(device)
+        return acts
+
+    @property
+    def lazy(self) -> bool:
+        return bool(self.meta.get("lazy"))
+
+    def compute_on(self, device: torch.device | str) -> None:
+        """Where a lazy store's x is computed: loads its model there and checks it against the
+        store's fingerprint and witness (nothing to do for a stored store)."""
+        if self.lazy:
+            self.model(device)
+
+    def model(self, device: torch.device | str) -> Any:
+        """The language model this store's x comes from (:class:`jsaectl.lazy.StoreModel`), on
+        ``device``, checked against the store: what new text runs through (trace, contrast)."""
+        if self._model is None or self._model.device != torch.device(device):
+            from jsaectl.lazy import StoreModel
+
+            self._model = StoreModel(self, device)
+        return self._model
+
+    @property
+    def lazy_x(self) -> Any:
+        """What computes a lazy store's x: its model (loaded on the CPU if no reader chose a device)."""
+        return self._model if self._model is not None else self.model("cpu")
 
     @property
     def url(self) -> str:
@@ -84,7 +115,10 @@ class Activations:
         return lo, min(self.n_tokens, lo + self.rows_per_chunk)
 
     def read(self, name: str, lo: int, hi: int) -> np.ndarray:
-        """Raw stored rows ``[lo, hi)`` of x or y (decode with :func:`decode_rows`)."""
+        """Raw stored rows ``[lo, hi)`` of x or y (decode with :func:`decode_rows`); a lazy
+        store's x computed (float32)."""
+        if name == "x" and self.lazy:
+            return self.lazy_x.rows(lo, hi)
         return self.store.array(name)[lo:hi]
 
     def rows(self, name: str, lo: int, hi: int) -> torch.Tensor:

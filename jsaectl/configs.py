@@ -62,8 +62,13 @@ class HarvestConfig:
     split: str = option("train", help="Split of a Hub dataset.")
     subset: str | None = option(None, help="Configuration of a Hub dataset (e.g. en for allenai/c4).")
     text_column: str = option("text", help="Column with the text in .jsonl/.parquet files and Hub datasets.")
-    dtype: StoreDtype = option("float16", help=(
-        "Storage precision of x (and y): float16, bfloat16 (stored as its uint16 bits) or float32."))
+    lazy: bool = option(False, help=(
+        "Store the tokens, not the activations: readers (train, jacobian, maxact, …) compute x from them "
+        "with the model, on their own device. About 2 bytes a token instead of 2·d_model, for the paper's "
+        "300M-token runs on one machine; readers need the model (checked against the store's fingerprint)."))
+    dtype: StoreDtype | None = option(None, help=(
+        "Storage precision of x (and y): float16 (the default), bfloat16 (stored as its uint16 bits) or "
+        "float32. A --lazy store holds x as the model computes it (float32)."))
     with_output: bool = option(False, help=(
         "Also store the MLP output y (otherwise train recomputes it from the stored MLP weights)."))
     compression: Compression = option("none", help=(
@@ -110,14 +115,28 @@ class HarvestConfig:
                               hint="delete the store once, then start the shards")
         if n > 1 and self.dataset == "-":
             raise ConfigError("--shard cannot read text from stdin", hint="shards need a file, folder or Hub dataset they can each read")
+        if self.lazy:
+            self._check_lazy()
+
+    def _check_lazy(self) -> None:
+        """What a lazy store cannot be: it holds no activations, and its readers run the model."""
+        for flag, given in (("--with-output", self.with_output), ("--allow-nonfinite", self.allow_nonfinite),
+                            ("--dtype", self.dtype not in (None, "float32"))):
+            if given:
+                raise ConfigError(f"{flag} does not apply to --lazy: a lazy store holds tokens, and readers compute x "
+                                  "(and y) in the model's own precision", hint=f"drop {flag}, or harvest without --lazy")
+        if self.trust_remote_code:
+            raise ConfigError("--lazy cannot be combined with --trust-remote-code: every reader of the store would run "
+                              "the model's own code", hint="harvest without --lazy (the activations are then stored)")
 
     def resolved(self) -> HarvestConfig:
-        """The config with the layer filled in (the bundled model's default layer)."""
-        if self.layer is not None:
-            return self
-        if self.model != BUNDLED_MODEL:
+        """The config with the defaults that depend on others filled in: the layer (the bundled
+        model's default layer) and the storage precision (float32 for --lazy, else float16)."""
+        layer = self.layer
+        if layer is None and self.model != BUNDLED_MODEL:
             raise ConfigError(f"--layer is required for {self.model}", hint="e.g. --layer 3 (0-based)")
-        return replace(self, layer=BUNDLED_DEFAULT_LAYER)
+        return replace(self, layer=BUNDLED_DEFAULT_LAYER if layer is None else layer,
+                       dtype=self.dtype or ("float32" if self.lazy else "float16"))
 
 
 # ---------------------------------------------------------------------------------------------

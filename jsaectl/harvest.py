@@ -25,6 +25,8 @@ import torch
 from jsaectl import store as st
 from jsaectl.acts import nonfinite, write_mlp
 from jsaectl.data import describe_source, iter_contexts, open_source
+from jsaectl import lazy
+from jsaectl.lazy import token_dtype
 from jsaectl.device import pick_device
 from jsaectl.errors import ConfigError, DataError
 from jsaectl.configs import HarvestConfig
@@ -61,8 +63,8 @@ class HarvestResult:
 
 def default_out(cfg: HarvestConfig) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(cfg.model.rstrip("/")) or "model").strip("-")
-    random = "-random" if cfg.random_init else ""
-    return st.default_url(f"{slug}{random}-L{cfg.layer}-{format_count(cfg.tokens)}", identity(cfg))
+    kind = ("-random" if cfg.random_init else "") + ("-lazy" if cfg.lazy else "")
+    return st.default_url(f"{slug}{kind}-L{cfg.layer}-{format_count(cfg.tokens)}", identity(cfg))
 
 
 def _chunk_contexts(context_bytes: int) -> int:
@@ -117,34 +119,45 @@ class _Writer:
 class _Layout:
     context_size: int
     contexts_per_chunk: int
-    n_chunks: int
+    """What a reader reads at once: at least 1 MiB of x (as float32 for a lazy store)."""
+    contexts_per_write: int
+    """What a writer writes at once, one zarr chunk of every array: a chunk, or for a lazy store a
+    block of whole chunks holding at least 1 MiB of tokens."""
+    n_chunks: int  # of contexts_per_write each: the progress array's length
     n_tokens: int  # allocated; the final count may be smaller if the text runs out
 
     @property
     def rows(self) -> int:
-        return self.contexts_per_chunk * self.context_size
+        return self.contexts_per_write * self.context_size
 
 
-def _layout(cfg: HarvestConfig, d_model: int) -> _Layout:
+def _layout(cfg: HarvestConfig, d_model: int, vocab_size: int) -> _Layout:
     item = 2 if cfg.dtype in ("float16", "bfloat16") else 4
     n_contexts = math.ceil(cfg.tokens / cfg.context_size)
     per_chunk = min(_chunk_contexts(cfg.context_size * d_model * item), n_contexts)
-    n_chunks = math.ceil(n_contexts / per_chunk)
-    return _Layout(cfg.context_size, per_chunk, n_chunks, n_contexts * cfg.context_size)
+    per_write = per_chunk
+    if cfg.lazy:  # whole chunks, so that chunk c's rows never straddle two writers' blocks
+        token_bytes = np.dtype(token_dtype(vocab_size)).itemsize
+        per_write = per_chunk * math.ceil(_chunk_contexts(cfg.context_size * token_bytes) / per_chunk)
+        per_write = min(per_write, per_chunk * math.ceil(n_contexts / per_chunk))
+    return _Layout(cfg.context_size, per_chunk, per_write, math.ceil(n_contexts / per_write), n_contexts * cfg.context_size)
 
 
-def _create_arrays(store: st.Store, cfg: HarvestConfig, layout: _Layout, d_model: int) -> None:
+def _create_arrays(store: st.Store, cfg: HarvestConfig, layout: _Layout, d_model: int, vocab_size: int) -> None:
     """Create the arrays, or open them as they are: never destructive, because shards of one
-    harvest may run this at the same moment."""
+    harvest may run this at the same moment. A lazy store holds only the tokens (whose positions
+    follow from the context size)."""
     g = store.group
     x_dtype = "uint16" if cfg.dtype == "bfloat16" else cfg.dtype
     rows, n = layout.rows, layout.n_tokens
-    names = ["x", "y"] if cfg.with_output else ["x"]
+    names = [] if cfg.lazy else ["x", "y"] if cfg.with_output else ["x"]
     for name in names:
         st.require_array(g, name, shape=(n, d_model), chunks=(rows, d_model), dtype=x_dtype, dimension_names=("token", "d_model"),
                          fill_value=0, compression=cfg.compression)
-    st.require_array(g, "tokens", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
-    st.require_array(g, "position", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
+    ids = token_dtype(vocab_size) if cfg.lazy else "int32"
+    st.require_array(g, "tokens", shape=(n,), chunks=(rows,), dtype=ids, dimension_names=("token",), fill_value=0)
+    if not cfg.lazy:
+        st.require_array(g, "position", shape=(n,), chunks=(rows,), dtype="int32", dimension_names=("token",), fill_value=0)
     # One tiny object per chunk: written last, atomically, by whoever owns the chunk.
     st.race_safe(g.require_group, "progress")
     if cfg.allow_nonfinite:
@@ -226,54 +239,78 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
     _check_size(cfg, url)
     pieces = open_source(cfg.dataset, split=cfg.split, subset=cfg.subset, text_column=cfg.text_column)
     loaded, site, device = _load(cfg, reporter)
-
-    _check_size(cfg, url, site.weights.d_model)
-    layout = _layout(cfg, site.weights.d_model)
+    d_model = site.weights.d_model
+    _check_size(cfg, url, d_model)
+    layout = _layout(cfg, d_model, len(loaded.tokenizer))
+    started = time.perf_counter()  # tokens/s counts reading and tokenizing the text, not loading the model
     contexts = iter_contexts(pieces, loaded.tokenizer, cfg.context_size, bos=cfg.bos)
-    chunks = _grouped(islice(contexts, layout.n_tokens // cfg.context_size), layout.contexts_per_chunk)
+    chunks = _grouped(islice(contexts, layout.n_tokens // cfg.context_size), layout.contexts_per_write)
     first = next(chunks, None)
     if first is None:
         raise DataError(f"{describe_source(cfg.dataset)} holds fewer than {cfg.context_size} tokens: not one context",
                         hint="give more text, or a smaller --context-size")
     tap = MLPTap(loaded.model, site)
-    x, y = tap(torch.from_numpy(np.stack(first[: cfg.batch_size])).long().to(device), with_output=True)
+    first_ids = torch.from_numpy(np.stack(first[: cfg.batch_size])).long().to(device)
+    x, y = tap(first_ids, with_output=True)
     rel_err = check_reconstruction(site, x, y, cfg.model_dtype)  # refuses before anything is written
-    reporter.note(f"{site.family} layer {cfg.layer}/{site.n_layers}: {site.description}; d_model={site.weights.d_model}, "
-                  f"d_mlp={site.weights.d_mlp}; MLP recomputed from stored weights to {rel_err:.1e}")
+    reporter.note(f"{site.family} layer {cfg.layer}/{site.n_layers}: {site.description}; d_model={d_model}, "
+                  f"d_mlp={site.weights.d_mlp}; MLP recomputed from stored weights to {rel_err:.1e}"
+                  + ("; storing tokens only (--lazy)" if cfg.lazy else ""))
 
     with st.writing(url, "activations", identity(cfg), overwrite=cfg.overwrite, shard=shard) as (store, resumed):
-        # The progress array is created last, so its presence means everything else exists. Then
-        # the big arrays are not touched again: a run killed after _finalize trimmed them (and
-        # before it marked the store complete) would otherwise find them the wrong size. The
-        # small arrays are rewritten when one is missing (`jsaectl verify --repair` removes
-        # damaged ones).
-        if "progress" not in store.group or "chunk_contexts" not in store.group["progress"]:
-            _write_mlp_and_vocab(store, site, loaded.tokenizer)
-            _create_arrays(store, cfg, layout, site.weights.d_model)
-        elif not all(name in store.group for name in SMALL_ARRAYS + (("mlp/W_gate",) if site.weights.gated else ())):
-            _write_mlp_and_vocab(store, site, loaded.tokenizer)
-        extra = _store_meta(cfg, loaded, site, layout, rel_err)
-        store.update_meta(**extra)
-
-        counts = store.group["progress/chunk_contexts"][...]
-        i, n = cfg.shard
-        mine = [c for c in range(layout.n_chunks) if c % n == i]
-        todo = [c for c in mine if counts[c] < 0]
-        if resumed and len(todo) < len(mine):
-            reporter.note(f"resuming {url}: {len(mine) - len(todo)} of {len(mine)} chunks already written")
-        started = time.perf_counter()
+        extra = _prepare(store, cfg, loaded, site, layout, rel_err, (first_ids, x))
+        todo = _todo(store, cfg, layout, resumed, reporter)
         written = _run_chunks(cfg, store, layout, tap, device, [first], chunks, set(todo), reporter)
         elapsed = time.perf_counter() - started
         tap.close()
         n_final = _finalize(store, cfg, layout, extra)
+    i, n = cfg.shard
     if n_final is None:
         reporter.note(f"shard {i}/{n} finished; the store completes when every shard has")
     elif n_final < cfg.tokens:
         reporter.note(f"the text ran out at {n_final:,} tokens of the {cfg.tokens:,} asked for (--tokens)")
         if cfg.out is None:  # a default name says how many tokens the store holds
             url = _rename(url, n_final)
-    return HarvestResult(url, n_final if n_final is not None else written, site.weights.d_model,
+    return HarvestResult(url, n_final if n_final is not None else written, d_model,
                          written / elapsed if elapsed > 0 and written else 0.0, n_final is not None, resumed=resumed)
+
+
+def _prepare(store: st.Store, cfg: HarvestConfig, loaded: LoadedModel, site: MLPSite, layout: _Layout, rel_err: float,
+             first: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """Everything but the rows: the small arrays, the big arrays and the store's attrs (a lazy
+    store's fingerprint and witness too, from ``first``: harvest's first batch and its x).
+
+    The progress array is created last, so its presence means everything else exists. Then
+    the big arrays are not touched again: a run killed after _finalize trimmed them (and
+    before it marked the store complete) would otherwise find them the wrong size. The small
+    arrays are rewritten when one is missing (`jsaectl verify --repair` removes damaged ones)."""
+    small = SMALL_ARRAYS + (("mlp/W_gate",) if site.weights.gated else ()) + (LAZY_ARRAYS if cfg.lazy else ())
+    if "progress" not in store.group or "chunk_contexts" not in store.group["progress"]:
+        _write_mlp_and_vocab(store, site, loaded.tokenizer)
+        _create_arrays(store, cfg, layout, site.weights.d_model, len(loaded.tokenizer))
+    elif not all(name in store.group for name in small):
+        _write_mlp_and_vocab(store, site, loaded.tokenizer)
+    extra = _store_meta(cfg, loaded, site, layout, rel_err)
+    if cfg.lazy:
+        known = store.meta.get("lazy")
+        if known is None or not all(name in store.group for name in LAZY_ARRAYS):
+            local = os.path.isdir(os.path.expanduser(cfg.model))  # readers load it from anywhere: an absolute path
+            known = lazy.record(store, loaded, site, *first, cfg.batch_size, layout.contexts_per_write,
+                                os.path.abspath(os.path.expanduser(cfg.model)) if local else None)
+        extra["lazy"] = known
+    store.update_meta(**extra)
+    return extra
+
+
+def _todo(store: st.Store, cfg: HarvestConfig, layout: _Layout, resumed: bool, reporter: Reporter) -> list[int]:
+    """This shard's chunks still to write (by the progress array)."""
+    counts = store.group["progress/chunk_contexts"][...]
+    i, n = cfg.shard
+    mine = [c for c in range(layout.n_chunks) if c % n == i]
+    todo = [c for c in mine if counts[c] < 0]
+    if resumed and len(todo) < len(mine):
+        reporter.note(f"resuming {store.url}: {len(mine) - len(todo)} of {len(mine)} chunks already written")
+    return todo
 
 
 def _rename(url: str, n_tokens: int) -> str:
@@ -289,6 +326,7 @@ def _rename(url: str, n_tokens: int) -> str:
 
 
 SMALL_ARRAYS = ("mlp/W_in", "mlp/b_in", "mlp/W_out", "mlp/b_out", "vocab", "vocab_bytes/data", "vocab_bytes/offsets")
+LAZY_ARRAYS = ("lazy/witness_x", "lazy/witness_rows")
 # Beyond this many contexts a store's bookkeeping alone would not fit in memory.
 MAX_CONTEXTS = 1 << 31
 
@@ -301,7 +339,7 @@ def _check_size(cfg: HarvestConfig, url: str, d_model: int | None = None) -> Non
         raise ConfigError(f"--tokens {format_count(cfg.tokens)} is more than a store can hold "
                           f"({format_count(MAX_CONTEXTS * cfg.context_size)} tokens at --context-size {cfg.context_size})",
                           hint="harvest fewer tokens, e.g. --tokens 100M")
-    if d_model is None or not st.is_local(url):
+    if d_model is None or not st.is_local(url) or cfg.lazy:  # a lazy store is ~2 bytes a token
         return
     import shutil
 
@@ -313,7 +351,9 @@ def _check_size(cfg: HarvestConfig, url: str, d_model: int | None = None) -> Non
     free = shutil.disk_usage(probe).free
     if 0.8 * need > free:  # zstd saves ~10% on activations, never half
         raise ConfigError(f"--tokens {format_count(cfg.tokens)} at d_model {d_model} needs about {need / 1e9:,.1f} GB and "
-                          f"{probe} has {free / 1e9:,.1f} GB free", hint="harvest fewer tokens, or choose an --out with more space")
+                          f"{probe} has {free / 1e9:,.1f} GB free",
+                          hint=f"harvest with --lazy (the tokens only, about {2 * n_contexts * cfg.context_size / 1e9:,.1f} GB; "
+                          "readers compute x with the model), harvest fewer tokens, or choose an --out with more space")
 
 
 def _check_context_size(model: torch.nn.Module, context_size: int) -> None:
@@ -332,19 +372,18 @@ def _run_chunks(cfg: HarvestConfig, store: st.Store, layout: _Layout, tap: Any, 
     arrays = {name: g[name] for name in ("x", "y", "tokens", "position") if name in g}
     flags = g["progress/chunk_contexts"]
     T = layout.context_size
-    positions = np.tile(np.arange(T, dtype=np.int32), layout.contexts_per_chunk)
+    positions = np.tile(np.arange(T, dtype=np.int32), layout.contexts_per_write)
     writer = _Writer()
     computed = 0
 
     zeroed = g["progress/nonfinite_zeroed"] if cfg.allow_nonfinite else None
 
-    def write(c: int, x: np.ndarray, y: np.ndarray | None, toks: np.ndarray, n_zeroed: int) -> None:
+    def write(c: int, x: np.ndarray | None, y: np.ndarray | None, toks: np.ndarray, n_zeroed: int) -> None:
         lo, hi = c * layout.rows, c * layout.rows + len(toks)
-        arrays["x"][lo:hi] = x
-        if y is not None:
-            arrays["y"][lo:hi] = y
+        for name, values in (("x", x), ("y", y), ("position", positions[: len(toks)])):
+            if name in arrays and values is not None:
+                arrays[name][lo:hi] = values
         arrays["tokens"][lo:hi] = toks
-        arrays["position"][lo:hi] = positions[: len(toks)]
         if zeroed is not None:
             zeroed[c] = n_zeroed
         flags[c] = len(toks) // T  # last: the chunk counts only once its data are on disk
@@ -359,19 +398,13 @@ def _run_chunks(cfg: HarvestConfig, store: st.Store, layout: _Layout, tap: Any, 
                 break
             if c not in todo:
                 continue
-            xs, ys = [], []
-            for b in range(0, len(contexts), cfg.batch_size):
-                ids = torch.from_numpy(np.stack(contexts[b : b + cfg.batch_size])).long().to(device)
-                x, y = tap(ids, with_output=cfg.with_output)
-                xs.append(_encode(x.reshape(-1, x.shape[-1]), cfg.dtype))
-                if y is not None:
-                    ys.append(_encode(y.reshape(-1, y.shape[-1]), cfg.dtype))
-                computed += ids.numel()
-                reporter.advance(ids.numel())
-            x_all, y_all = np.concatenate(xs), (np.concatenate(ys) if ys else None)
+            x_all, y_all = (None, None) if cfg.lazy else _forward(cfg, tap, device, contexts)
             n_zeroed = sum(_check_finite(v, cfg, c * layout.rows, T, name)
                            for name, v in (("x", x_all), ("y", y_all)) if v is not None)
-            writer.submit(write, c, x_all, y_all, np.concatenate(contexts), n_zeroed)
+            toks = np.concatenate(contexts)
+            writer.submit(write, c, x_all, y_all, toks.astype(arrays["tokens"].dtype), n_zeroed)
+            computed += len(toks)
+            reporter.advance(len(toks))
         if text_ended:  # the text ended before --tokens: our chunks past the end hold nothing
             for empty in sorted(t for t in todo if t > c):
                 writer.submit(flags.__setitem__, empty, 0)
@@ -382,6 +415,19 @@ def _run_chunks(cfg: HarvestConfig, store: st.Store, layout: _Layout, tap: Any, 
         reporter.finish()
     writer.drain()
     return computed
+
+
+def _forward(cfg: HarvestConfig, tap: Any, device: torch.device, contexts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """x (and y) of a chunk's contexts in their storage form, in batches of --batch-size
+    contexts from the chunk's first (the composition a lazy store's readers repeat)."""
+    xs, ys = [], []
+    for b in range(0, len(contexts), cfg.batch_size):
+        ids = torch.from_numpy(np.stack(contexts[b : b + cfg.batch_size])).long().to(device)
+        x, y = tap(ids, with_output=cfg.with_output)
+        xs.append(_encode(x.reshape(-1, x.shape[-1]), cfg.dtype))
+        if y is not None:
+            ys.append(_encode(y.reshape(-1, y.shape[-1]), cfg.dtype))
+    return np.concatenate(xs), (np.concatenate(ys) if ys else None)
 
 
 def _chain(head: list[list[np.ndarray]], rest: Iterator[list[np.ndarray]]) -> Iterator[list[np.ndarray]]:

@@ -168,11 +168,18 @@ def load_model(
         "seed": seed if random_init else None,
         "init_scheme": init_scheme if random_init else None,
         "dtype": dtype,
+        "checkpoint_dtype": _saved_dtype(config),
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "vocab_size": len(tokenizer),
     }
     return LoadedModel(model, tokenizer, provenance)
+
+
+def _saved_dtype(config: Any) -> str | None:
+    """The precision the checkpoint's weights were saved in, as its config says (None: unsaid)."""
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
 # How --random-init draws the weights.

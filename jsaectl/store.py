@@ -48,8 +48,11 @@ _PRODUCERS = {"activations": "jsaectl harvest", "jsae": "jsaectl train", "jacobi
 # is named at once rather than failing as a KeyError deep inside a stage).
 REQUIRED = {
     "activations": ("x", "tokens", "position", "vocab", "mlp/W_in", "mlp/b_in", "mlp/W_out", "mlp/b_out"),
+    "lazy activations": ("tokens", "vocab", "mlp/W_in", "mlp/b_in", "mlp/W_out", "mlp/b_out", "lazy/witness_x",
+                         "lazy/witness_rows"),
     "jsae": tuple(f"{s}/{p}" for s in ("sae_in", "sae_out") for p in ("W_enc", "b_enc", "W_dec", "b_dec")),
     "jacobian": tuple(f"connections/{c}" for c in ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean"))
+    + tuple(f"index/{a}" for a in ("by_input", "by_output", "input_offsets", "output_offsets"))
     + ("latents/in_label", "latents/out_label", "histogram/edges", "histogram/counts"),
 }
 
@@ -57,6 +60,12 @@ REQUIRED = {
 # damage, never "zeros" (zarr's default skips such chunks). jsaectl's own setting, for the
 # process it runs in.
 zarr.config.set({"array.write_empty_chunks": True})
+
+
+def required(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The arrays a complete store of this kind must hold (a lazy activations store has no x)."""
+    kind = meta.get("kind")
+    return REQUIRED.get(f"lazy {kind}" if meta.get("lazy") else kind, ())
 
 
 class LegacyStoreWarning(JsaectlWarning):
@@ -250,7 +259,7 @@ def open_store(url: str, kind: str | tuple[str, ...], *, require_complete: bool 
                                          "damage to it cannot be detected (re-run the stage that wrote it to upgrade)"),
                       stacklevel=2)
     if meta.get("complete"):
-        for name in REQUIRED[meta["kind"]]:
+        for name in required(meta):
             store.array(name)
     return store
 

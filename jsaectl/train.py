@@ -380,6 +380,7 @@ def train(cfg: TrainConfig, reporter: Reporter = SILENT) -> TrainResult:
     acts = Activations.open(cfg.acts)
     dist = init_dist(cfg.device)
     device = _device(cfg, dist)
+    acts.compute_on(device)  # a lazy store's model, loaded and checked before anything is written
     cfg = cfg.resolved(acts.d_model, acts.n_kept(acts.n_tokens, cfg.include_bos), dist.world)
     if acts.n_chunks < cfg.data_lanes:
         raise ConfigError(f"the activations store has {acts.n_chunks} chunks, fewer than {cfg.data_lanes} data lanes",

@@ -197,6 +197,7 @@ class LoadedJSAE:
         if not all(torch.equal(a, b) for a, b in zip(mlp.tensors().values(), jsae.mlp.tensors().values())):
             raise ConfigError(f"{acts_url} records other MLP weights than the JSAE {store.url} was trained with",
                               hint="--acts must come from the same model (and revision) and layer")
+        activations.compute_on(device)  # a lazy store's model: loaded and checked once the pairing is right
         return cls(store, activations, jsae, device, include_bos)
 
     @property

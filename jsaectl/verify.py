@@ -51,6 +51,7 @@ class Report:
     kind: str | None = None
     format: int | None = None
     complete: bool = False
+    lazy: bool = False
     arrays: int = 0
     chunks: int = 0
     bytes: int = 0
@@ -80,6 +81,7 @@ def verify(url: str, reporter: Reporter = SILENT) -> Report:
         report.problems.append(Problem("", "not a jsaectl store (no readable jsaectl metadata)"))
         return report
     report.kind, report.format, report.complete = meta.get("kind"), meta.get("format"), bool(meta.get("complete"))
+    report.lazy = bool(meta.get("lazy"))
     if report.format not in st.READABLE_FORMATS:
         report.problems.append(Problem("", f"store format {report.format} is not one this jsaectl reads"))
         return report
@@ -101,7 +103,22 @@ def verify(url: str, reporter: Reporter = SILENT) -> Report:
     reporter.finish()
     report.arrays = len(arrays)
     report.problems += _shape_problems(meta, arrays, group)
+    if meta.get("lazy") and report.ok:
+        report.problems += _lazy_problems(url)
     return report
+
+
+def _lazy_problems(url: str) -> list[Problem]:
+    """A sound lazy store is one whose model still computes its x: loaded (on the CPU) and
+    checked against the store's fingerprint and witness, as every reader does."""
+    from jsaectl.acts import Activations
+    from jsaectl.errors import JsaectlError
+
+    try:
+        Activations.open(url, device="cpu")
+    except JsaectlError as e:
+        return [Problem("", f"its model cannot compute its x: {e.message}")]
+    return []
 
 
 def _arrays(group: zarr.Group) -> dict[str, zarr.Array]:
@@ -153,6 +170,9 @@ def _check_array(report: Report, raw: Any, name: str, array: zarr.Array, meta: d
         bad = _nonfinite(name, values, bits)
         if bad:
             report.problems.append(Problem(name, f"holds {bad:,} non-finite values", index))
+        vocab = (meta.get("model") or {}).get("vocab_size")
+        if name == "tokens" and vocab and ((values < 0) | (values >= vocab)).any():
+            report.problems.append(Problem(name, f"holds token ids outside the vocabulary (0–{vocab - 1})", index))
 
 
 def _nonfinite(name: str, values: np.ndarray, bits: bool) -> int:
@@ -188,7 +208,7 @@ def _expected_shapes(meta: dict[str, Any], arrays: dict[str, zarr.Array]) -> dic
 def _shape_problems(meta: dict[str, Any], arrays: dict[str, zarr.Array], group: zarr.Group) -> list[Problem]:
     if not meta.get("complete"):
         return []
-    problems = [Problem(name, "is missing (a complete store has it)") for name in st.REQUIRED.get(meta.get("kind"), ())
+    problems = [Problem(name, "is missing (a complete store has it)") for name in st.required(meta)
                 if name not in arrays]
     if meta.get("kind") == "jsae":  # the SAEs' own attrs, k and shapes: what load_jsae refuses, said once
         missing = {p.array for p in problems}
@@ -240,7 +260,9 @@ def _producer(kind: str | None) -> str:
 
 def _plan(report: Report, store: st.Store) -> tuple[set[int], set[str], set[str]]:
     """(harvest chunks to recompute, small arrays to rewrite, what cannot be repaired)."""
-    rows = int(store.meta["contexts_per_chunk"]) * int(store.meta["context_size"])
+    # Rows per harvest chunk: a lazy store writes its tokens in blocks of whole chunks.
+    per_write = (store.meta.get("lazy") or {}).get("contexts_per_block") or store.meta["contexts_per_chunk"]
+    rows = int(per_write) * int(store.meta["context_size"])
     per_chunk: set[int] = set()
     small: set[str] = set()
     unknown: set[str] = set()

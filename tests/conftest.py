@@ -157,6 +157,18 @@ def acts_store(gpt2_dir, corpus, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def lazy_acts_store(gpt2_dir, corpus, tmp_path_factory) -> str:
+    """The same tokens as acts_store, harvested --lazy: the tokens only, x computed by readers."""
+    from jsaectl.harvest import HarvestConfig, harvest
+
+    big = tmp_path_factory.mktemp("c") / "big.jsonl"
+    big.write_text(Path(corpus).read_text() * 2)
+    out = str(tmp_path_factory.mktemp("lazy") / "lazy.zarr")
+    return harvest(HarvestConfig(model=str(gpt2_dir), layer=1, dataset=str(big), tokens=50_000, context_size=32,
+                                 lazy=True, out=out)).store
+
+
+@pytest.fixture(scope="session")
 def jsae_store(acts_store, tmp_path_factory) -> str:
     """A small JSAE (2 × 128 latents, k = 4) trained on acts_store."""
     from jsaectl.train import TrainConfig, train
