@@ -209,6 +209,7 @@ class TrainConfig:
     overwrite: bool = option(False, identity=False, help=(
         "Replace an existing store at --out that was made with a different config."))
 
+
     def __post_init__(self) -> None:
         check_types(self)
         positive(self, "k", "expansion", "lr", "batch_size", "tokens", "log_every", "data_lanes", "auxk_k", "buffer_tokens",
@@ -264,7 +265,12 @@ class JacobianConfig:
     per_token: bool = option(False, help="Also store every token's J [N, k, k] with its index arrays (N·k²·4 bytes).")
     linearity: int = option(0, help=(
         "Run the paper's linearity and ablation checks on N sampled active pairs (0: skip)."))
-    label_examples: int = option(20, help="Top activations per latent that its label is drawn from.")
+    label_examples: int = option(20, help=(
+        "Top activations kept per latent (its label is drawn from them) and per stored connection."))
+    example_connections: int = option(2_000, kind="count0", help=(
+        "The strongest connections whose max-activating tokens (by |J|) the store keeps, so that "
+        "`maxact --connection` answers from it at once (a second pass over the tokens, computing the "
+        "codes and only these connections' J entries; 0: none)."))
     max_pairs: int = option(4_000_000, kind="count", help=(
         "Most latent pairs accumulated at once (memory ≈ 40 bytes each); beyond it the exact sums spill "
         "to disk. Also the most pairs stored, strongest first."))
@@ -283,9 +289,11 @@ class JacobianConfig:
     overwrite: bool = option(False, identity=False, help=(
         "Replace an existing store at --out that was made with a different config."))
 
+
     def __post_init__(self) -> None:
         check_types(self)
         positive(self, "tokens", "batch_size", "max_pairs", "label_examples")
+        positive(self, "example_connections", zero=True)
         positive(self, "top", "linearity", zero=True)
         thresholds(self, "thresholds", "normalised_thresholds")
 
@@ -381,6 +389,7 @@ class CompareConfig:
     batch_size: int = option(1024, short="-b", identity=False, help="Tokens per batch.")
     device: str = option("auto", identity=False, help=DEVICE_HELP)
 
+
     def __post_init__(self) -> None:
         check_types(self)
         positive(self, "tokens", "batch_size")
@@ -472,6 +481,78 @@ class ImportConfig:
             raise ConfigError("--acts is required: the activations store of the model and layer the pair was trained on",
                               hint="harvest them with `jsaectl harvest MODEL --layer L`")
         check_types(self)
+
+# ---------------------------------------------------------------------------------------------
+# trace
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    OUTPUTS = ("json", "html")  # see options.OUTPUTS
+
+    jsae: str = option("", argument=True, stdin="line", help=(
+        "JSAE store (path or URL), or a jacobian store made from it (its labels are then used); read "
+        "from stdin when missing or -."))
+    text: str | None = option(None, help="The text to trace; - reads it from stdin.")
+    file: str | None = option(None, help="A UTF-8 text file to trace instead of --text.")
+    top: int = option(5, help="Latents and J entries shown per token.")
+    connections: int = option(20, help="Connections shown for the whole text, strongest Σ|J| over its tokens first.")
+    label_tokens: int = option(100_000, kind="count", help=(
+        "When JSAE is a jsae store: tokens of its activations scanned to label the latents shown, as "
+        "`jacobian` labels them (a jacobian store holds labels: nothing is scanned)."))
+    include_bos: bool = option(False, help=(
+        "Include the BOS token that starts each context (skipped by default, as in training)."))
+    batch_size: int = option(1024, short="-b", help="Tokens per batch when labelling.")
+    device: str = option("auto", help=DEVICE_HELP)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        positive(self, "top", "connections", "label_tokens", "batch_size")
+        if (self.text is None) == (self.file is None):
+            raise ConfigError("give the text with --text or --file (one of them)",
+                              hint='e.g. --text "Der Hund bellt." or --file notes.txt, or --text - with text on stdin')
+        if self.text == "-" and self.jsae in ("", "-"):
+            raise ConfigError("--text - reads the text from stdin, so the JSAE must be given as an argument",
+                              hint="jsaectl trace JSAE --text - < notes.txt")
+
+
+# ---------------------------------------------------------------------------------------------
+# contrast
+
+
+@dataclass(frozen=True)
+class ContrastConfig:
+    OUTPUTS = ("json",)  # see options.OUTPUTS
+
+    jsae: str = option("", argument=True, stdin="line", help=(
+        "JSAE store (path or URL), or a jacobian store made from it (its labels and connections are then "
+        "used); read from stdin when missing or -."))
+    a: str = option("", required=True, help=(
+        "Text A, whose latents are looked for: what harvest --dataset accepts, or SOURCE:key=value,… to "
+        "keep the documents with those labels (the bundled corpus's: lang, source, register; e.g. "
+        "jsaectl-sample:lang=de)."))
+    b: str = option("", required=True, help="Text B, to tell A from: a SOURCE as for --a (e.g. jsaectl-sample:lang=en).")
+    tokens: int = option(50_000, short="-n", kind="count", help="Tokens read from each side (whole contexts).")
+    top: int = option(10, help="Input and output latents shown, most specific to A first.")
+    inputs: int = option(8, help="Input latents shown computing each top output latent.")
+    text_column: str = option("text", help="Column with the text in .jsonl/.parquet files and Hub datasets.")
+    label_tokens: int = option(100_000, kind="count", help=(
+        "When JSAE is a jsae store: tokens of its activations scanned to label the latents shown, as "
+        "`jacobian` labels them (a jacobian store holds labels: nothing is scanned)."))
+    include_bos: bool = option(False, help=(
+        "Include the BOS token that starts each context (skipped by default, as in training)."))
+    batch_size: int = option(16, short="-b", help="Contexts per forward pass.")
+    device: str = option("auto", help=DEVICE_HELP)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        positive(self, "tokens", "top", "inputs", "label_tokens", "batch_size")
+        if not self.a or not self.b:
+            raise ConfigError("give both texts: --a SOURCE --b SOURCE", hint="e.g. --a jsaectl-sample:lang=de --b jsaectl-sample:lang=en")
+        if self.a == self.b:
+            raise ConfigError(f"--a and --b are the same source ({shown(self.a)}): no latent can tell it from itself",
+                              hint="e.g. --a jsaectl-sample:lang=de --b jsaectl-sample:lang=en")
+
 
 # ---------------------------------------------------------------------------------------------
 # verify

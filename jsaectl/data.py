@@ -24,6 +24,7 @@ import io
 import itertools
 import json
 import os
+import re
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
@@ -79,6 +80,11 @@ def _text_pieces(stream: io.TextIOBase) -> Iterator[Piece]:
     yield Piece("".join(buffer), ends_document=True)
 
 
+def _selected(row: dict[str, Any], select: dict[str, str]) -> bool:
+    """Whether a row has every label asked for (``select``: column -> value, compared as text)."""
+    return all(key in row and str(row[key]) == value for key, value in select.items())
+
+
 def _row_text(row: dict[str, Any], column: str, where: str) -> str:
     if column not in row:
         raise DataError(f"{where} has no column {column!r} (it has: {', '.join(map(str, row))})",
@@ -87,7 +93,7 @@ def _row_text(row: dict[str, Any], column: str, where: str) -> str:
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
-def _jsonl_pieces(path: str, column: str) -> Iterator[Piece]:
+def _jsonl_pieces(path: str, column: str, select: dict[str, str]) -> Iterator[Piece]:
     with _open_text(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -98,31 +104,37 @@ def _jsonl_pieces(path: str, column: str) -> Iterator[Piece]:
                 raise DataError(f"{path} line {number} is not JSON: {e.msg}", hint=".jsonl files hold one JSON object per line") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path} line {number} is not a JSON object", hint=".jsonl files hold one JSON object per line")
-            yield Piece(_row_text(row, column, path))
+            if _selected(row, select):
+                yield Piece(_row_text(row, column, path))
 
 
-def _parquet_pieces(path: str, column: str) -> Iterator[Piece]:
+def _parquet_pieces(path: str, column: str, select: dict[str, str]) -> Iterator[Piece]:
     import pyarrow.parquet as pq  # installed with datasets
 
     try:
         table = pq.ParquetFile(path)
     except Exception as e:
         raise DataError(f"cannot read {path} as parquet: {e}") from None
-    if column not in table.schema_arrow.names:
-        raise DataError(f"{path} has no column {column!r} (it has: {', '.join(table.schema_arrow.names)})",
-                        hint="name the text column with --text-column")
-    for batch in table.iter_batches(columns=[column], batch_size=1024):
-        for value in batch.column(0).to_pylist():
-            yield Piece(value if isinstance(value, str) else "")
+    missing = [c for c in (column, *select) if c not in table.schema_arrow.names]
+    if missing:
+        raise DataError(f"{path} has no column {missing[0]!r} (it has: {', '.join(table.schema_arrow.names)})",
+                        hint="name the text column with --text-column" if missing[0] == column else "select by a column it has")
+    for batch in table.iter_batches(columns=list(dict.fromkeys([column, *select])), batch_size=1024):
+        for row in batch.to_pylist():
+            if _selected(row, select):
+                yield Piece(row[column] if isinstance(row[column], str) else "")
 
 
-def _file_pieces(path: str, column: str) -> Iterator[Piece]:
+def _file_pieces(path: str, column: str, select: dict[str, str]) -> Iterator[Piece]:
     suffix = os.path.splitext(_strip_gz(path))[1].lower()
     with _read_errors(path):
         if suffix in _JSONL_SUFFIXES:
-            yield from _jsonl_pieces(path, column)
+            yield from _jsonl_pieces(path, column, select)
         elif suffix in _PARQUET_SUFFIXES:
-            yield from _parquet_pieces(path, column)
+            yield from _parquet_pieces(path, column, select)
+        elif select:
+            raise DataError(f"{path} is plain text: it has no labels to select documents by",
+                            hint="labels (SOURCE:key=value) select rows of .jsonl and .parquet files and Hub datasets")
         else:
             with _open_text(path) as f:
                 for i, piece in enumerate(_text_pieces(f)):
@@ -167,7 +179,7 @@ def _folder_files(folder: str) -> list[str]:
     return files
 
 
-def _hub_pieces(name: str, subset: str | None, split: str, column: str) -> Iterator[Piece]:
+def _hub_pieces(name: str, subset: str | None, split: str, column: str, select: dict[str, str]) -> Iterator[Piece]:
     from jsaectl import hub
 
     if hub.offline(datasets=True) or not hub.reachable():
@@ -181,7 +193,8 @@ def _hub_pieces(name: str, subset: str | None, split: str, column: str) -> Itera
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"cannot open the Hub dataset {name!r}: {first}", hint="check the id, --subset and --split") from None
     for row in rows:
-        yield Piece(_row_text(row, column, f"dataset {name!r}"))
+        if _selected(row, select):
+            yield Piece(_row_text(row, column, f"dataset {name!r}"))
 
 
 def _looks_like_local(spec: str) -> bool:
@@ -194,19 +207,56 @@ def open_source(spec: str | None, *, split: str = "train", subset: str | None = 
     pieces = iter_pieces(spec, split=split, subset=subset, text_column=text_column)
     first = next(pieces, None)
     if first is None:
+        base, select = split_selection(spec)
+        if select:
+            raise DataError(f"no document of {describe_source(base)} has {', '.join(f'{k}={v}' for k, v in select.items())}",
+                            hint=_labels_hint(base, select))
         raise DataError(f"{describe_source(spec)} holds no text", hint="give a source with at least one non-empty document")
     return itertools.chain([first], pieces)
 
 
+def _labels_hint(spec: str | None, select: dict[str, str]) -> str:
+    """What the labels asked for could be, for a bundled or local .jsonl source (read again)."""
+    path = bundled_corpus_path(spec or BUNDLED_CORPUS) if spec in (None, BUNDLED_CORPUS, BUNDLED_HELDOUT) else spec
+    if not (path and os.path.isfile(path) and _strip_gz(path).lower().endswith(_JSONL_SUFFIXES)):
+        return "check the labels: they are column values, compared as text"
+    seen: dict[str, set[str]] = {key: set() for key in select}
+    with _open_text(path) as f:
+        for line in f:
+            row = json.loads(line) if line.strip() else {}
+            for key in seen:
+                if isinstance(row, dict) and key in row:
+                    seen[key].add(str(row[key]))
+    return "; ".join(f"{key} is one of {', '.join(sorted(values)[:20])}" if values else f"no document has a {key} column"
+                     for key, values in seen.items())
+
+
+# SOURCE:key=value[,key=value…]: the documents of a .jsonl/.parquet file, folder or Hub dataset
+# whose columns have these values (the bundled corpus's: lang, source, register).
+_SELECTION = re.compile(r"^(?P<spec>.+):(?P<select>[A-Za-z_][\w-]*=[^,=]*(?:,[A-Za-z_][\w-]*=[^,=]*)*)$")
+
+
+def split_selection(spec: str | None) -> tuple[str | None, dict[str, str]]:
+    """``"jsaectl-sample:lang=de"`` -> ``("jsaectl-sample", {"lang": "de"})``."""
+    match = _SELECTION.match(spec or "")
+    if match is None:
+        return spec, {}
+    return match["spec"], dict(part.split("=", 1) for part in match["select"].split(","))
+
+
 def iter_pieces(spec: str | None, *, split: str = "train", subset: str | None = None, text_column: str = "text") -> Iterator[Piece]:
     """All the text of a source, in order. ``spec``: None (the bundled corpus), ``-`` (stdin),
-    a file, a folder, or a Hub dataset id."""
+    a file, a folder, or a Hub dataset id; ``SOURCE:key=value,…`` keeps the documents (rows)
+    whose columns have those values."""
+    spec, select = split_selection(spec)
     if spec is None or spec in (BUNDLED_CORPUS, BUNDLED_HELDOUT):
         path = bundled_corpus_path(spec or BUNDLED_CORPUS)
         if not os.path.isfile(path):
             raise DataError("the bundled corpus is missing from this installation", hint="reinstall jsaectl, or pass --dataset")
-        yield from _jsonl_pieces(path, "text")
+        yield from _jsonl_pieces(path, "text", select)
     elif spec == "-":
+        if select:
+            raise DataError("text on stdin has no labels to select documents by", hint="select rows of a .jsonl file instead")
         if sys.stdin is None or sys.stdin.isatty():
             raise DataError("--dataset - reads text from stdin, but stdin is a terminal", hint="pipe text in: cat book.txt | jsaectl harvest ... --dataset -")
         # The bytes, decoded strictly: Python's own stdin may smuggle invalid bytes through as
@@ -219,22 +269,24 @@ def iter_pieces(spec: str | None, *, split: str = "train", subset: str | None = 
                     _check_is_text(piece.text, "stdin")
                 yield piece
     elif os.path.isfile(os.path.expanduser(spec)):
-        yield from _file_pieces(os.path.expanduser(spec), text_column)
+        yield from _file_pieces(os.path.expanduser(spec), text_column, select)
     elif os.path.isdir(os.path.expanduser(spec)):
         for path in _folder_files(os.path.expanduser(spec)):
-            yield from _file_pieces(path, text_column)
+            yield from _file_pieces(path, text_column, select)
     elif _looks_like_local(spec):
         raise DataError(f"no such file or folder: {spec}", hint="give a .txt/.jsonl/.parquet file, a folder of them, a Hub dataset id, or -")
     else:
-        yield from _hub_pieces(spec, subset, split, text_column)
+        yield from _hub_pieces(spec, subset, split, text_column, select)
 
 
 def describe_source(spec: str | None) -> str:
+    spec, select = split_selection(spec)
+    chosen = "".join(f", {key}={value}" for key, value in select.items())
     if spec is None or spec == BUNDLED_CORPUS:
-        return f"{BUNDLED_CORPUS} (bundled English/German sample)"
+        return f"{BUNDLED_CORPUS} (bundled English/German sample{chosen})"
     if spec == BUNDLED_HELDOUT:
-        return f"{BUNDLED_HELDOUT} (bundled English/German held-out sample)"
-    return "stdin" if spec == "-" else spec
+        return f"{BUNDLED_HELDOUT} (bundled English/German held-out sample{chosen})"
+    return ("stdin" if spec == "-" else spec) + (f" (documents with {chosen[2:]})" if chosen else "")
 
 
 def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -269,8 +321,10 @@ def token_stream(pieces: Iterator[Piece], tokenizer: Any, batch_chars: int = 1 <
         yield flush()
 
 
-def iter_contexts(pieces: Iterator[Piece], tokenizer: Any, context_size: int, bos: bool = True) -> Iterator[np.ndarray]:
-    """Fixed-length contexts ``[context_size] int32`` (see the module docstring)."""
+def iter_contexts(pieces: Iterator[Piece], tokenizer: Any, context_size: int, bos: bool = True,
+                  keep_last: bool = False) -> Iterator[np.ndarray]:
+    """Fixed-length contexts ``[context_size] int32`` (see the module docstring); with
+    ``keep_last``, the final incomplete context too (for reading text, not storing it)."""
     bos_id = tokenizer.bos_token_id if bos else None
     body = context_size - (1 if bos_id is not None else 0)
     pending = np.zeros(0, dtype=np.int64)
@@ -282,3 +336,12 @@ def iter_contexts(pieces: Iterator[Piece], tokenizer: Any, context_size: int, bo
             context = np.concatenate([[bos_id], chunk]) if bos_id is not None else chunk
             yield context.astype(np.int32)
         pending = pending[n_full * body :]
+    if keep_last and len(pending):
+        yield (np.concatenate([[bos_id], pending]) if bos_id is not None else pending).astype(np.int32)
+
+
+def text_contexts(text: str, tokenizer: Any, context_size: int, bos: bool = True) -> list[np.ndarray]:
+    """A text cut into contexts as harvest cuts its stream (see the module docstring), but
+    keeping the last, shorter context, and with no EOS after the text: it is a text to look at,
+    not a finished document. Empty when it has no tokens."""
+    return list(iter_contexts(iter([Piece(text, ends_document=False)]), tokenizer, context_size, bos, keep_last=True))

@@ -38,7 +38,7 @@ from jsaectl.connections import Connection
 from jsaectl.trained import LoadedJSAE
 from jsaectl.text import label
 from jsaectl.progress import SILENT, Reporter
-from jsaectl.topk import TopExamples
+from jsaectl.topk import TopExamples, slots
 from jsaectl.units import format_count
 
 HIST_EDGES = np.logspace(-6, 2, 33)  # 4 bins a decade from 1e-6 to 1e2; |J| outside goes to the end bins
@@ -189,6 +189,8 @@ def _analyse(cfg: JacobianConfig, model: LoadedJSAE, scanned: int, store: st.Sto
     shutil.rmtree(spill, ignore_errors=True)
     labels = {side: _labels(tops[side], model.acts) for side in ("in", "out")}
     _write(store, keys, stats, n, n_tokens, labels, tops, hist)
+    _write_pair_examples(store, keys[: cfg.example_connections], n,
+                         _pair_examples(model, keys[: cfg.example_connections], scanned, cfg, reporter))
     linearity = None
     if cfg.linearity:
         from jsaectl.linearity import linearity_checks
@@ -201,6 +203,56 @@ def _analyse(cfg: JacobianConfig, model: LoadedJSAE, scanned: int, store: st.Sto
         distinct_pairs=distinct, stored_pairs=len(keys), model=model.store.meta.get("model"),
         layer=model.store.meta.get("layer"), lam=model.store.meta.get("lam"),
     )
+
+
+@torch.no_grad()
+def _pair_examples(model: LoadedJSAE, keys: torch.Tensor, scanned: int, cfg: JacobianConfig, reporter: Reporter) -> TopExamples:
+    """The strongest tokens (by |J|) of each of the connections ``keys`` (``input * n + output``,
+    ascending or not), from a second pass over the same rows that computes the codes and, only
+    where one of these connections is active, its J entry: so that `maxact --connection` on
+    the store answers at once."""
+    n, order = model.n_latents, torch.argsort(keys)
+    sorted_keys = keys[order].to(model.device)
+    tops = TopExamples(len(keys), cfg.label_examples)
+    if not len(keys):
+        return tops
+    reporter.start("connection examples", model.analysed_rows(scanned), "tokens")
+    for rows, x, y in model.acts.batches(scanned, cfg.batch_size, model.include_bos, model.device):
+        out = model.jsae(x, y, jacobian="codes")
+        both = (out.jac_out.values > 0)[:, :, None] & (out.code_in.values > 0)[:, None, :]  # [B, k_out, k_in]
+        key = (out.code_in.indices[:, None, :] * n + out.jac_out.indices[:, :, None])[both]
+        pos = torch.searchsorted(sorted_keys, key).clamp(max=len(keys) - 1)
+        hit = sorted_keys[pos] == key
+        token, o_slot, i_slot = (idx[hit] for idx in torch.nonzero(both, as_tuple=True))
+        J = model.jsae.entries(x, out, token, i_slot, o_slot)
+        tops.update(order.to(model.device)[pos[hit]].cpu(), J.abs().cpu(), torch.from_numpy(rows)[token.cpu()])
+        reporter.advance(len(rows))
+    reporter.finish()
+    return tops
+
+
+def _write_pair_examples(store: st.Store, keys: torch.Tensor, n: int, tops: TopExamples) -> None:
+    g = store.group.require_group("examples")
+    st.write_array(g, "pair_input", (keys // n).numpy().astype(np.int32))
+    st.write_array(g, "pair_output", (keys % n).numpy().astype(np.int32))
+    st.write_array(g, "pair_rows", tops.rows.numpy())
+    st.write_array(g, "pair_values", tops.values.numpy())
+
+
+def latent_labels(model: LoadedJSAE, latents: dict[str, list[int]], n_tokens: int, batch_size: int,
+                  reporter: Reporter = SILENT, examples: int = 20) -> dict[tuple[str, int], str]:
+    """Labels of some latents of each side (``{"in": [...], "out": [...]}``), computed as the
+    jacobian stage computes them, over the first ``n_tokens`` rows: ``{(side, latent): label}``."""
+    tops = {side: TopExamples(len(ids), examples) for side, ids in latents.items()}
+    slot = {side: slots(ids, model.n_latents) for side, ids in latents.items()}
+    reporter.start("labels", model.analysed_rows(n_tokens), "tokens")
+    for batch in model.batches(n_tokens, batch_size, jacobian="off"):
+        for side, code in (("in", batch.code_in), ("out", batch.code_out)):
+            tops[side].update_codes(code.indices.cpu(), code.values.cpu(), batch.rows.cpu(), slot[side])
+        reporter.advance(len(batch.rows))
+    reporter.finish()
+    found = {side: _labels(tops[side], model.acts) for side in latents}
+    return {(side, latent): str(found[side][i]) for side, ids in latents.items() for i, latent in enumerate(ids)}
 
 
 def _labels(tops: TopExamples, acts: Any) -> np.ndarray:
@@ -242,6 +294,7 @@ def _write(store: st.Store, keys: torch.Tensor, stats: torch.Tensor, n: int, n_t
     for side in ("in", "out"):
         st.write_array(lat, f"{side}_label", labels[side])
         st.write_array(lat, f"{side}_count", tops[side].count.numpy())
+        st.write_array(lat, f"{side}_total", tops[side].total.numpy())
         st.write_array(lat, f"{side}_top_rows", tops[side].rows.numpy())
         st.write_array(lat, f"{side}_top_values", tops[side].values.numpy())
     hg = store.group.require_group("histogram")

@@ -222,6 +222,26 @@ class JSAE(nn.Module):
                 self._frozen_factors = jacobian_factors(self.sae_in, self.sae_out, self.mlp)
         return self._frozen_factors
 
+    def evaluation_point(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        """Where the MLP's slopes are taken for J: x, or x̂ for ``at="reconstruction"``."""
+        return x if self.at == "x" else x_hat.to(torch.promote_types(x_hat.dtype, torch.float32))
+
+    @torch.no_grad()
+    def entries(self, x: Tensor, out: JSAEOutput, token: Tensor, in_slot: Tensor, out_slot: Tensor,
+                chunk: int = 4096) -> Tensor:
+        """``[P]`` the entries ``J[token, out_slot, in_slot]`` alone, as a forward with
+        ``jacobian="value"`` would give them (``out``: the forward of ``x`` with at least
+        ``jacobian="codes"``): for a few pairs of many tokens, without the k × k of each."""
+        with torch.autocast(x.device.type, enabled=False):
+            slopes = self.mlp.slopes(self.evaluation_point(x, out.x_hat).float())  # [B, m] each, once per token
+        U_T, Vs = self.factors()
+        found = []
+        for lo in range(0, len(token), chunk):
+            t, i, o = token[lo : lo + chunk], in_slot[lo : lo + chunk], out_slot[lo : lo + chunk]
+            u = U_T[out.jac_out.indices[t, o]]  # [c, m]
+            found.append(sum((u * s[t] * V[out.code_in.indices[t, i]]).sum(1) for V, s in zip(Vs, slopes)))
+        return torch.cat(found) if found else x.new_zeros(0)
+
     def forward(self, x: Tensor, y: Tensor | None = None, *, jacobian: str = "value") -> JSAEOutput:
         """Both codes and reconstructions of ``x [B, d]`` (and of ``y``: the stored MLP output,
         or None for f(x)), and as much of the Jacobian as ``jacobian`` asks for (one of
@@ -244,7 +264,7 @@ class JSAE(nn.Module):
                     slopes = self.mlp.slopes(x)
         else:  # f_s at the input code: the MLP at x̂, the output SAE's TopK of f(x̂)
             with torch.set_grad_enabled(grad), no_autocast:  # the penalty's gradient flows through the slopes into e_x, d_x
-                y_eval, slopes = self.mlp.forward_and_slopes(x_hat.to(torch.promote_types(x_hat.dtype, torch.float32)))
+                y_eval, slopes = self.mlp.forward_and_slopes(self.evaluation_point(x, x_hat))
             with torch.no_grad():
                 jac_out = self.sae_out.encode(y_eval.detach())
         if not need_J:

@@ -9,6 +9,12 @@ tokens and vocab, with the latent's activation at every neighbouring token.
 * ``top_latents``: the N latents of ``side`` with the largest total activation;
 * ``connection``: tokens where input latent I and output latent O are both active, ranked
   by |J[O, I]| at that token or by the product of the two activations.
+
+Given a jacobian store, maxact answers from the examples it holds (each latent's strongest
+activations, and the strongest tokens by |J| of its strongest connections, over the tokens it
+analysed): no scan. It scans the activations only when asked for what the store does not hold
+(more examples, another --acts or --tokens, a connection it keeps none for, --rank-by product)
+and says which it did (``MaxactResult.source``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jsaectl import store as st
 from jsaectl.configs import MaxactConfig
 from jsaectl.trained import Batch, LoadedJSAE
 from jsaectl.sae import Encoded
@@ -61,12 +68,14 @@ class MaxactResult:
     n_tokens: int
     latents: list[LatentExamples]
     tokens_per_second: float
+    source: str = ""
+    """Where the examples come from: a jacobian store's, or a scan (and why)."""
 
     def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return {"jsae": self.jsae, "n_tokens": self.n_tokens, "tokens_per_second": round(self.tokens_per_second, 1),
-                "latents": [asdict(item) for item in self.latents]}
+                "source": self.source, "latents": [asdict(item) for item in self.latents]}
 
 
 def _value_of(code: Encoded, latent: int) -> torch.Tensor:
@@ -100,8 +109,14 @@ def examples(model: LoadedJSAE, side: str, latent: int, rows: np.ndarray, scores
 def maxact(cfg: MaxactConfig, reporter: Reporter = SILENT) -> MaxactResult:
     from jsaectl.device import pick_device
 
+    given = st.open_store(cfg.jsae, ("jsae", "jacobian"))
     model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
     cfg.check_latents(model.n_latents)
+    why = _why_scan(given, cfg, model)
+    if why is None:
+        result = _from_store(given, cfg, model)
+        result.source = f"the examples {given.url} holds (over the {given.meta['n_tokens']:,} tokens it analysed)"
+        return result
     n_tokens = min(cfg.tokens or model.acts.n_tokens, model.acts.n_tokens)
     began = time.perf_counter()
     if cfg.connection is not None:
@@ -109,7 +124,71 @@ def maxact(cfg: MaxactConfig, reporter: Reporter = SILENT) -> MaxactResult:
     else:
         result = _scan_latents(cfg, model, n_tokens, reporter)
     result.tokens_per_second = result.n_tokens / (time.perf_counter() - began)
+    result.source = f"a scan of {result.n_tokens:,} tokens of {model.acts.url}" + (f" ({why})" if why else "")
     return result
+
+
+def _why_scan(given: st.Store, cfg: MaxactConfig, model: LoadedJSAE) -> str | None:
+    """Why the activations must be scanned ("" for a jsae store), or None when the jacobian
+    store ``given`` holds the answer."""
+    if given.kind != "jacobian":
+        return ""
+    meta, g = given.meta, given.group
+    keep = int(g["latents/in_top_rows"].shape[1]) if "latents/in_top_rows" in g else 0
+    if cfg.acts is not None and st.resolve_url(cfg.acts) != meta.get("acts_store"):
+        return "--acts names other activations than the jacobian store analysed"
+    if cfg.tokens is not None:
+        return "--tokens asks for a scan"
+    if bool(meta["config"].get("include_bos")) != cfg.include_bos:
+        return "--include-bos differs from the jacobian store's"
+    if cfg.examples > keep:
+        return f"the jacobian store keeps {keep} examples per latent, --examples asks for {cfg.examples}"
+    if cfg.connection is None:
+        return None if not cfg.top_latents or f"latents/{cfg.side}_total" in g else \
+            "the jacobian store predates the totals --top-latents ranks by"
+    if cfg.rank_by != "jacobian":
+        return "the jacobian store ranks a connection's tokens by |J|, not by --rank-by product"
+    if _stored_pair(given, cfg.connection) is None:
+        held = int(g["examples/pair_input"].shape[0]) if "examples/pair_input" in g else 0
+        return f"the jacobian store keeps examples for its {held:,} strongest connections, not for {cfg.connection[0]}:{cfg.connection[1]}"
+    return None
+
+
+def _stored_pair(jac: st.Store, connection: tuple[int, int]) -> int | None:
+    """The index of a connection among those whose examples a jacobian store keeps."""
+    if "examples/pair_input" not in jac.group:
+        return None
+    found = np.flatnonzero((jac.array("examples/pair_input")[...] == connection[0])
+                           & (jac.array("examples/pair_output")[...] == connection[1]))
+    return int(found[0]) if len(found) else None
+
+
+def _from_store(jac: st.Store, cfg: MaxactConfig, model: LoadedJSAE) -> MaxactResult:
+    """The answer from the examples a jacobian store holds (only the windows are read)."""
+    n_tokens = int(jac.meta["n_tokens"])
+    if cfg.connection is not None:
+        p = _stored_pair(jac, cfg.connection)
+        rows, scores = (jac.array(f"examples/pair_{name}")[p] for name in ("rows", "values"))
+        valid = rows >= 0
+        from jsaectl.connections import query
+
+        found = query(jac, inputs=(cfg.connection[0],), outputs=(cfg.connection[1],), top=1)
+        count = found[0].count if found else 0
+        item = _connection_item(cfg, model, rows[valid][: cfg.examples], scores[valid][: cfg.examples], count)
+        return MaxactResult(model.store.url, n_tokens, [item], 0.0)
+    side = cfg.side
+    latents = list(cfg.latents)
+    if cfg.top_latents:
+        latents = np.argsort(-jac.array(f"latents/{side}_total")[...], kind="stable")[: cfg.top_latents].tolist()
+    rows, scores = jac.array(f"latents/{side}_top_rows"), jac.array(f"latents/{side}_top_values")
+    labels, counts = jac.array(f"latents/{side}_label"), jac.array(f"latents/{side}_count")
+    items = []
+    for latent in latents:
+        r, v = rows[latent], scores[latent]
+        r, v = r[r >= 0][: cfg.examples], v[r >= 0][: cfg.examples]
+        items.append(LatentExamples(int(latent), side, str(labels[latent]), int(counts[latent]),
+                                    examples(model, side, int(latent), r, v, cfg.context)))
+    return MaxactResult(model.store.url, n_tokens, items, 0.0)
 
 
 def _scan_latents(cfg: MaxactConfig, model: LoadedJSAE, n_tokens: int, reporter: Reporter) -> MaxactResult:
@@ -156,15 +235,21 @@ def _scan_connection(cfg: MaxactConfig, model: LoadedJSAE, n_tokens: int, report
         reporter.advance(len(rows))
     reporter.finish()
     rows, scores = tops.found(0)
+    return MaxactResult(model.store.url, model.analysed_rows(n_tokens), [_connection_item(cfg, model, rows, scores,
+                                                                                          int(tops.count[0]))], 0.0)
+
+
+def _connection_item(cfg: MaxactConfig, model: LoadedJSAE, rows: np.ndarray, scores: np.ndarray, count: int) -> LatentExamples:
+    """A connection's examples at ``rows``, each with both activations and J there."""
+    lat_in, lat_out = cfg.connection
     extras = []
     for r in rows:
         b = model.window(int(r), int(r) + 1, jacobian="value")
         extras.append({"in_activation": float(_value_of(b.code_in, lat_in)[0]), "out_activation": float(_value_of(b.jac_out, lat_out)[0]),
                        "J": float(_entry(b, lat_in, lat_out)[0])})
     found = examples(model, "out", lat_out, rows, scores, cfg.context, extras, input_latent=lat_in)
-    item = LatentExamples(f"{lat_in}→{lat_out}", "connection", f"input {lat_in} → output {lat_out}, ranked by {cfg.rank_by}",
-                          int(tops.count[0]), found)
-    return MaxactResult(model.store.url, model.analysed_rows(n_tokens), [item], 0.0)
+    return LatentExamples(f"{lat_in}→{lat_out}", "connection", f"input {lat_in} → output {lat_out}, ranked by {cfg.rank_by}",
+                          count, found)
 
 
 def _entry(batch: Batch, lat_in: int, lat_out: int) -> torch.Tensor:

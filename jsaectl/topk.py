@@ -27,6 +27,10 @@ class TopExamples:
             return
         self.count += torch.bincount(latents, minlength=self.n)
         self.total += torch.bincount(latents, weights=values.double(), minlength=self.n)
+        better = values.float() > self.values[latents, -1]  # can enter its latent's table at all
+        latents, values, rows = latents[better], values[better], rows[better]
+        if latents.numel() == 0:
+            return
         # Candidates: the table's entries and the new ones; keep the best `keep` per latent.
         old = self.values > float("-inf")
         cand_lat = torch.cat([torch.arange(self.n, device=latents.device).repeat_interleave(old.sum(1)), latents])

@@ -29,7 +29,7 @@ from jsaectl.trained import jsae_problems
 
 # Float arrays where a non-finite value is a marker, not damage.
 _NAN_OK = ("history/",)  # a metric not computed at that step
-_NEG_INF_OK = ("latents/in_top_values", "latents/out_top_values")  # an empty example slot
+_NEG_INF_OK = ("latents/in_top_values", "latents/out_top_values", "examples/pair_values")  # an empty example slot
 # Arrays of an activations store with one zarr chunk per harvest chunk along the token axis.
 ROW_ARRAYS = ("x", "y", "tokens", "position")
 

@@ -225,11 +225,13 @@ def _paragraphs(doc: str | None) -> str:
 def _register() -> None:
     # Each command module is imported here; heavy libraries (torch, zarr, transformers) are
     # imported inside the commands, so `jsaectl --help` and `--version` start at once.
-    from jsaectl.cli import compare, connections, export, harvest, import_pair, jacobian, maxact, report, train, verify
+    from jsaectl.cli import (compare, connections, contrast, export, harvest, import_pair, jacobian, maxact, report, trace, train,
+                             verify)
 
     for name, module, command in (("harvest", harvest, harvest.harvest_cmd), ("train", train, train.train_cmd),
                                   ("jacobian", jacobian, jacobian.jacobian_cmd),
                                   ("connections", connections, connections.connections_cmd), ("maxact", maxact, maxact.maxact_cmd),
+                                  ("trace", trace, trace.trace_cmd), ("contrast", contrast, contrast.contrast_cmd),
                                   ("compare", compare, compare.compare_cmd), ("report", report, report.report_cmd),
                                   ("export", export, export.export_cmd),
                                   ("import", import_pair, import_pair.import_cmd), ("verify", verify, verify.verify_cmd)):

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 
-from jsaectl.cli._common import RichReporter, out_console
+from jsaectl.cli._common import RichReporter, err, out_console
 from jsaectl.cli._generate import from_config
 from jsaectl.configs import MaxactConfig
 from jsaectl.options import Outputs
@@ -65,6 +65,7 @@ def maxact_cmd(cfg: MaxactConfig, out: Outputs) -> None:
     from jsaectl.maxact import maxact
 
     result = maxact(cfg, RichReporter())
+    err.print(f"examples from {result.source}", markup=False, highlight=False)
     if out.json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
     else:
