@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from jsaectl import store as st
 from jsaectl.configs import CompareConfig
 from jsaectl.errors import ConfigError, ModelError
-from jsaectl import sparsity
+from jsaectl import sparsity, tracking
 from jsaectl.trained import LoadedJSAE, describe_site, site_of
 from jsaectl.progress import SILENT, Reporter
 
@@ -236,6 +236,8 @@ def compare(cfg: CompareConfig, reporter: Reporter = SILENT) -> tuple[list[RunMe
     """Metrics per run (in the order given) and notes for the reader."""
     from jsaectl.device import pick_device
 
+    if cfg.wandb:
+        tracking.require()  # a missing package is said before the minutes of work
     device = pick_device(cfg.device)
     urls = resolve_runs(cfg.stores)
     runs = [LoadedJSAE.open(u, acts=cfg.acts, device=device) for u in urls]
@@ -255,8 +257,10 @@ def compare(cfg: CompareConfig, reporter: Reporter = SILENT) -> tuple[list[RunMe
         meta = run.store.meta
         info = {"lam": meta.get("lam"), "k": run.k, "n_latents": run.n_latents, "layer": meta.get("layer"),
                 "model": (meta.get("model") or {}).get("name"), "random_init": bool((meta.get("model") or {}).get("random_init")),
-                "acts": run.acts.url}
+                "acts": run.acts.url, "wandb": meta.get("wandb")}
         results.append(RunMetrics(url, _name(meta), values, info))
         reporter.advance(1)
     reporter.finish()
+    if cfg.wandb:
+        tracking.log_compare(cfg.wandb, results, reporter)
     return results, notes

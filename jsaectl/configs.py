@@ -8,7 +8,7 @@ This module imports nothing heavy, so that the command line can be built (``jsae
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from jsaectl.errors import ConfigError, shown
 from jsaectl.options import check_types, fractions, option, positive, thresholds
@@ -37,6 +37,19 @@ FORMATS = WEIGHT_FORMATS + CONNECTION_FORMATS
 THRESHOLDS = (0.005, 0.01, 0.015, 0.02, 0.04)  # the paper's |J| thresholds
 NORMALISED_THRESHOLDS = (0.5, 1.0, 2.0, 4.0)  # multiples of a token's rms |J| (sparsity.py)
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
+WANDB_INSTALL = 'pip install "jsaectl\\[wandb]"'  # \\[: rich would read [wandb] as markup in --help
+
+
+def _check_wandb(cfg: Any, tags: tuple[str, ...] = ()) -> None:
+    """--wandb PROJECT and --wandb-tags as W&B accepts them, refused here rather than failing
+    in W&B once the work has started."""
+    project = cfg.wandb
+    if project is not None and (not project.strip() or len(project) > 128 or any(c in project for c in "/\\#?%:")):
+        raise ConfigError(f"--wandb: {shown(project)} is not a W&B project name",
+                          hint="1 to 128 characters, none of / \\ # ? % :")
+    for tag in (t.strip() for given in tags for t in given.split(",")):
+        if len(tag) > 64:
+            raise ConfigError(f"--wandb-tags: {shown(tag)} is longer than W&B's 64 characters a tag")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,10 +221,19 @@ class TrainConfig:
         "runs/jsae-<acts>-k<k>-lam<λ>-<hash>.zarr."))
     overwrite: bool = option(False, identity=False, help=(
         "Replace an existing store at --out that was made with a different config."))
-
+    wandb: str | None = option(None, identity=False, help=(
+        "W&B project to log to: every metric of history/ at every logging step (the reference code's "
+        "names where the quantity is the same), the config, and the final table as the run summary; "
+        "the store records the run, and --resume continues it. Offline: WANDB_MODE=offline, then "
+        f"`wandb sync`. Needs {WANDB_INSTALL}."))
+    wandb_entity: str | None = option(None, identity=False, help="W&B entity (user or team) of the run. Default: W&B's.")
+    wandb_name: str | None = option(None, identity=False, help="Name of the W&B run. Default: the store's name.")
+    wandb_tags: tuple[str, ...] = option((), identity=False, help=(
+        "Tags of the W&B run: repeat the option, or separate them with commas."))
 
     def __post_init__(self) -> None:
         check_types(self)
+        _check_wandb(self, self.wandb_tags)
         positive(self, "k", "expansion", "lr", "batch_size", "tokens", "log_every", "data_lanes", "auxk_k", "buffer_tokens",
                  "dead_tokens", "latents", "reader_threads")
         positive(self, "lam", "auxk", "grad_clip", "checkpoint_every", "checkpoint_minutes", zero=True)
@@ -288,10 +310,13 @@ class JacobianConfig:
         "runs/jacobian-<jsae>-<tokens>-<hash>.zarr."))
     overwrite: bool = option(False, identity=False, help=(
         "Replace an existing store at --out that was made with a different config."))
-
+    wandb: str | None = option(None, identity=False, help=(
+        "W&B project: add the sparsity figures and the top connections to the run the JSAE was trained "
+        f"in (train --wandb), or to a new run when it was not logged to this project. Needs {WANDB_INSTALL}."))
 
     def __post_init__(self) -> None:
         check_types(self)
+        _check_wandb(self)
         positive(self, "tokens", "batch_size", "max_pairs", "label_examples")
         positive(self, "example_connections", zero=True)
         positive(self, "top", "linearity", zero=True)
@@ -388,10 +413,13 @@ class CompareConfig:
         "Scale-free rows: |J| above these multiples of each token's rms |J|, comma-separated."))
     batch_size: int = option(1024, short="-b", identity=False, help="Tokens per batch.")
     device: str = option("auto", identity=False, help=DEVICE_HELP)
-
+    wandb: str | None = option(None, identity=False, help=(
+        "W&B project: add each JSAE's metrics and the comparison table to the run it was trained in "
+        f"(train --wandb), or to a new run when it was not logged to this project. Needs {WANDB_INSTALL}."))
 
     def __post_init__(self) -> None:
         check_types(self)
+        _check_wandb(self)
         positive(self, "tokens", "batch_size")
         positive(self, "eval_tokens", zero=True)
         thresholds(self, "thresholds", "normalised_thresholds")

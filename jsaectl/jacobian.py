@@ -33,7 +33,7 @@ import torch
 from jsaectl import store as st
 from jsaectl.configs import JacobianConfig
 from jsaectl.options import identity
-from jsaectl import connections, sparsity
+from jsaectl import connections, sparsity, tracking
 from jsaectl.connections import Connection
 from jsaectl.trained import LoadedJSAE
 from jsaectl.text import label
@@ -139,6 +139,8 @@ def default_out(cfg: JacobianConfig) -> str:
 def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult:
     from jsaectl.device import pick_device
 
+    if cfg.wandb:
+        tracking.require()  # a missing package is said before anything is created
     st.open_store(cfg.jsae, "jsae")  # computes from a JSAE; a jacobian store is asked with `jsaectl connections`
     model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
     scanned = min(cfg.tokens, model.acts.n_tokens)  # rows read; BOS rows among them are skipped
@@ -147,10 +149,17 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
     existing = st.check_writable(url, "jacobian", identity(cfg), overwrite=cfg.overwrite, reads=reads)
     if existing is not None and existing.get("complete"):
         reporter.note(f"{url} is already complete; showing it")
-        return load_result(url, cfg.top)
+        return _logged(cfg, load_result(url, cfg.top), reporter)
     with st.writing(url, "jacobian", identity(cfg), overwrite=cfg.overwrite, reads=reads) as (store, _):
         _analyse(cfg, model, scanned, store, reporter)
-    return load_result(url, cfg.top)
+    return _logged(cfg, load_result(url, cfg.top), reporter)
+
+
+def _logged(cfg: JacobianConfig, result: JacobianResult, reporter: Reporter) -> JacobianResult:
+    """``result``, added to the JSAE's W&B run first when --wandb asks for it."""
+    if cfg.wandb:
+        tracking.log_jacobian(cfg.wandb, result, reporter)
+    return result
 
 
 def _analyse(cfg: JacobianConfig, model: LoadedJSAE, scanned: int, store: st.Store, reporter: Reporter) -> None:

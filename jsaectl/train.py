@@ -32,7 +32,7 @@ from jsaectl.acts import Activations
 from jsaectl.configs import TrainConfig
 from jsaectl.errors import ConfigError, StoreError, TrainingError
 from jsaectl.options import identity, runtime
-from jsaectl import sparsity
+from jsaectl import sparsity, tracking
 from jsaectl.jsae import JSAE, JSAEOutput
 from jsaectl.trained import save_jsae
 from jsaectl.progress import SILENT, Reporter
@@ -352,6 +352,7 @@ def resume_config(out: str, overrides: dict[str, Any]) -> TrainConfig:
     meta = st.open_store(out, "jsae", require_complete=False).meta
     known = {f.name for f in fields(TrainConfig)} - {"out", "overwrite", "resume"}
     saved = {**meta.get("run_options", {}), **meta["config"], **overrides}
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # JSON keeps a tuple as a list
     return TrainConfig(**{k: v for k, v in saved.items() if k in known}, out=out, resume=True)
 
 
@@ -377,6 +378,8 @@ def _new_store_meta(cfg: TrainConfig, acts: Activations) -> dict[str, Any]:
 
 
 def train(cfg: TrainConfig, reporter: Reporter = SILENT) -> TrainResult:
+    if cfg.wandb:
+        tracking.require()  # a missing package is said before anything is created
     acts = Activations.open(cfg.acts)
     dist = init_dist(cfg.device)
     device = _device(cfg, dist)
@@ -398,12 +401,16 @@ def train(cfg: TrainConfig, reporter: Reporter = SILENT) -> TrainResult:
         if store is not None and existing is None:
             store.update_meta(**_new_store_meta(cfg, acts))
             _append_history(store, [])
-        _barrier(dist)
-        return _run(cfg, acts, dist, device, url, store, existing is not None, reporter)
+        with tracking.training_run(cfg, store, reporter) as tracker:  # rank 0 only: the others have no store
+            _barrier(dist)
+            result = _run(cfg, acts, dist, device, url, store, existing is not None, reporter, tracker)
+            if tracker is not None:
+                tracker.summary(tracking.final_summary(result.metrics, result.tokens_per_second, result.steps, cfg.latents))
+            return result
 
 
 def _run(cfg: TrainConfig, acts: Activations, dist: Dist, device: torch.device, url: str, store: st.Store | None,
-         resuming: bool, reporter: Reporter) -> TrainResult:
+         resuming: bool, reporter: Reporter, tracker: tracking.Tracker | None = None) -> TrainResult:
     """Train from the last checkpoint (or the start) to the end; rank 0 writes ``store``."""
     trainer = _Trainer(cfg, acts, dist, device)
     start = 0
@@ -422,7 +429,7 @@ def _run(cfg: TrainConfig, acts: Activations, dist: Dist, device: torch.device, 
                          reader_threads=cfg.reader_threads, pinned=device.type == "cuda")
     reporter.start("train", (cfg.n_steps - start) * cfg.batch_size, "tokens")
     try:
-        loop = _loop(cfg, trainer, stream, start, store, dist, reporter)
+        loop = _loop(cfg, trainer, stream, start, store, dist, reporter, tracker)
     finally:
         stream.close()
         reporter.finish()
@@ -456,7 +463,7 @@ class _LoopResult:
 
 
 def _loop(cfg: TrainConfig, trainer: _Trainer, stream: BatchStream, start: int, store: st.Store | None, dist: Dist,
-          reporter: Reporter) -> _LoopResult:
+          reporter: Reporter, tracker: tracking.Tracker | None = None) -> _LoopResult:
     device = trainer.device
     pending: list[dict[str, float]] = []
     last: dict[str, float] = {}
@@ -483,6 +490,8 @@ def _loop(cfg: TrainConfig, trainer: _Trainer, stream: BatchStream, start: int, 
             metrics["data_wait"] = window_wait / max(now - window_start, 1e-9)
             window_wait, window_start = 0.0, now
             pending.append(metrics)
+            if tracker is not None:  # queued: never waits on W&B
+                tracker.log(tracking.metrics(metrics, cfg.latents), step=int(metrics["step"]))
             last = metrics
         shown = {"loss": last["loss"], "fvu_in": last["fvu_in"], "fvu_out": last["fvu_out"], "J>0.01": last["j_count"],
                  "wait": last["data_wait"]} if last else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -122,12 +123,18 @@ def test_ddp_with_two_processes_matches_one_process(acts, tmp_path):
     args = [acts, *SMALL, "--tokens", "10k", "--data-lanes", "2", "--device", "cpu", "--checkpoint-minutes", "0.0001"]
     single = _train(args + ["-o", str(tmp_path / "one.zarr")])
     assert single.returncode == 0, single.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # With wandb installed, the run logs to W&B too (offline): only rank 0 may create a run.
+    wandb = ["--wandb", "jsaectl-ddp"] if importlib.util.find_spec("wandb") else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    env.pop("WANDB_SERVICE", None)
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "jsaectl", "train", *args, "-o", str(tmp_path / "two.zarr")],
+                          "-m", "jsaectl", "train", *args, "-o", str(tmp_path / "two.zarr"), *wandb],
                          capture_output=True, text=True, timeout=600, env=env)
     assert ddp.returncode == 0, ddp.stderr
     assert ddp.stdout.strip().splitlines()[0] == str(tmp_path / "two.zarr")
+    if wandb:
+        (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+        assert run_dir.name.endswith("-" + zarr.open_group(str(tmp_path / "two.zarr"), mode="r").attrs["jsaectl"]["wandb"]["id"])
     one, two = _weights(str(tmp_path / "one.zarr")), _weights(str(tmp_path / "two.zarr"))
     for name in one:
         np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name)

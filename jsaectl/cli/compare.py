@@ -21,6 +21,7 @@ from jsaectl.cli._generate import from_config
 from jsaectl.configs import CompareConfig
 from jsaectl.errors import JsaectlError
 from jsaectl.options import Outputs
+from jsaectl.tracking import describe_run
 
 _ROWS = [
     ("reconstruction", None, None),
@@ -76,6 +77,8 @@ def table(results, cfg) -> Table:
         else:
             t.add_row(label, *[_cell(r.values, key, fmt) for r in results])
     t.add_row("tokens (reconstruction / CE)", *[f"{r.values['tokens']:,} / {int(r.values.get('eval_tokens', 0)):,}" for r in results])
+    if any(r.info.get("wandb") for r in results):  # the run each JSAE was trained in (train --wandb)
+        t.add_row("W&B run", *[describe_run(r.info.get("wandb")) for r in results])
     return t
 
 
@@ -140,10 +143,11 @@ def compare_cmd(cfg: CompareConfig, out: Outputs) -> None:
     elif out.csv:
         keys = csv_keys(results, cfg)
         writer = csv.writer(sys.stdout)
-        writer.writerow(["store", "name", "lam", "k", "model", "layer", "random_init", *keys])
+        writer.writerow(["store", "name", "lam", "k", "model", "layer", "random_init", "wandb_run", *keys])
         for r in results:
+            run = describe_run(r.info.get("wandb")) if r.info.get("wandb") else ""
             writer.writerow([r.store, r.name, r.info["lam"], r.info["k"], r.info["model"], r.info["layer"], r.info["random_init"],
-                             *[r.values.get(k, "") for k in keys]])
+                             run, *[r.values.get(k, "") for k in keys]])
     else:
         # Piped, rich would squeeze the table into 80 columns; it only takes the width it needs.
         out_console(width=None if sys.stdout.isatty() else 240).print(table(results, cfg))
