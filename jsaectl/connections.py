@@ -67,17 +67,13 @@ def _write_rows(group: Any, name: str, values: np.ndarray) -> None:
 
 def _latent_rows(store: st.Store, side: str, latents: tuple[int, ...]) -> np.ndarray:
     """Rows (in the strongest-first order) of every connection with one of ``latents`` on ``side``."""
-    if "index" in store.group:
-        offsets = store.array(f"index/{side}_offsets")
-        by = store.array(f"index/by_{side}")
-        parts = []
-        for latent in latents:
-            lo, hi = (int(v) for v in offsets[latent : latent + 2])
-            parts.append(by[lo:hi])
-        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    else:  # a store from before the index: one pass over the column
-        rows = np.flatnonzero(np.isin(store.array(f"connections/{side}")[...], latents))
-    return np.sort(rows)
+    offsets = store.array(f"index/{side}_offsets")
+    by = store.array(f"index/by_{side}")
+    parts = []
+    for latent in latents:
+        lo, hi = (int(v) for v in offsets[latent : latent + 2])
+        parts.append(by[lo:hi])
+    return np.sort(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
 
 
 def _read(store: st.Store, name: str, rows: np.ndarray) -> np.ndarray:
@@ -101,6 +97,7 @@ def query(store: st.Store, *, inputs: tuple[int, ...] = (), outputs: tuple[int, 
     candidates' rows from the index, then only the columns that filter and order them, and
     all columns only for the rows returned."""
     n, total = int(store.meta["n_latents"]), store.array("connections/input").shape[0]
+    inputs, outputs = tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs))  # a latent given twice counts once
     for latent in (*inputs, *outputs):
         if not 0 <= latent < n:
             raise ConfigError(f"latent id {latent} is out of range: the SAEs have {n} latents (0–{n - 1})")

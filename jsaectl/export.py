@@ -76,8 +76,7 @@ def export(cfg: ExportConfig, reporter: Reporter = SILENT) -> ExportResult:
     """Write ``cfg.store`` in ``cfg.format`` to ``cfg.out``. Every refusal (bad format, wrong
     store kind, non-empty ``out``) happens before anything is written."""
     source = _open_source(cfg.store, cfg.format)
-    out = _check_out(cfg.out, cfg.overwrite)
-    st.check_alias(out, [cfg.store, source.url])
+    out = _check_out(cfg.out, cfg.overwrite, st.lineage(cfg.store) + st.lineage(source.url))
     writer = _WRITERS[cfg.format]
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
@@ -116,12 +115,9 @@ def _open_source(url: str, fmt: str) -> st.Store:
     return store
 
 
-def _check_out(out: str, overwrite: bool) -> str:
-    url = st.resolve_url(out)
-    if not st.is_local(url):
-        raise ConfigError(f"--out must be a local directory, not {out}", hint="export locally, then copy the folder")
-    if os.path.lexists(url) and not os.path.isdir(url):
-        raise StoreError(f"{url} exists and is not a directory", hint="choose another --out")
+def _check_out(out: str, overwrite: bool, reads: list[str]) -> str:
+    """--out: never a store the export reads or follows; a non-empty folder only with --overwrite."""
+    url = st.check_output_dir(out, reads)
     if os.path.isdir(url) and os.listdir(url) and not overwrite:
         raise StoreError(f"{url} already exists and is not empty",
                          hint="pass --overwrite to replace the files this format writes there, or choose another --out")

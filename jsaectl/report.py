@@ -80,7 +80,7 @@ def report(cfg: ReportConfig, reporter: Reporter = SILENT) -> ReportResult:
     from jsaectl.device import pick_device
 
     jac = st.open_store(cfg.store, "jacobian")
-    out = _check_out(cfg.out, cfg.overwrite, jac.url)
+    out = _check_out(cfg.out, cfg.overwrite, st.lineage(jac.url))
     model = LoadedJSAE.open(jac.meta["jsae_store"], acts=jac.meta["acts_store"], device=pick_device(cfg.device))
     top = conn.query(jac, top=cfg.connections)
     scan = _scan(model, top, cfg, reporter)
@@ -89,18 +89,15 @@ def report(cfg: ReportConfig, reporter: Reporter = SILENT) -> ReportResult:
     return ReportResult(out, files, len(top), len(scan.inputs) + len(scan.outputs))
 
 
-def _check_out(out: str, overwrite: bool, source: str) -> str:
-    url = st.resolve_url(out)
-    if not st.is_local(url):
-        raise StoreError(f"--out must be a local directory, not {out}", hint="write the report locally, then copy it")
-    st.check_alias(url, [source])
+def _check_out(out: str, overwrite: bool, reads: list[str]) -> str:
+    """--out: never a store the report reads or follows (the jacobian store, its JSAE and their
+    activations), and replaced only when it holds a report."""
+    url = st.check_output_dir(out, reads)
     if os.path.isdir(url) and os.listdir(url):
         if not os.path.exists(os.path.join(url, MARKER)):
             raise StoreError(f"{url} is not empty and holds no jsaectl report; refusing to write into it", hint="choose another --out")
         if not overwrite:
             raise StoreError(f"{url} already holds a report", hint="pass --overwrite to replace it, or choose another --out")
-    if os.path.exists(url) and not os.path.isdir(url):
-        raise StoreError(f"{url} exists and is not a directory", hint="choose another --out")
     return url
 
 

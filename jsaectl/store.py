@@ -347,15 +347,31 @@ def stem(url: str, fallback: str) -> str:
     return re.sub(r"\.zarr$", "", os.path.basename(url.rstrip("/"))) or fallback
 
 
-def _check_creatable(url: str) -> None:
-    """A new local store needs a writable directory above it (checked before hours of work)."""
+def _check_creatable(url: str, what: str = "--out") -> None:
+    """A new local store (or output folder) needs a writable directory above it, checked before
+    hours of work: not a file on the way, not a read-only parent."""
     if not is_local(url):
         return
     parent = os.path.dirname(url)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot create {url}: {parent} is not a writable directory", hint="choose another --out")
+        raise StoreError(f"cannot create {what} {url}: {parent} is not a writable directory", hint=f"choose another {what}")
+
+
+def check_output_dir(path: str, reads: Sequence[str], what: str = "--out") -> str:
+    """The local folder an output (a report, an export) is written into, refused before any work
+    when it is not local, is, is inside or contains a store the command reads or follows (give
+    ``reads`` as their :func:`lineage`), lies inside any zarr store, is a file, or cannot be made
+    (a file on the way, a read-only parent: the output is written beside it, then moved in)."""
+    url = resolve_url(path)
+    if not is_local(url):
+        raise StoreError(f"{what} must be a local directory, not {path}", hint="write it locally, then copy it")
+    check_alias(url, reads, what)
+    if os.path.lexists(url) and not os.path.isdir(url):
+        raise StoreError(f"{what} {url} exists and is not a directory", hint=f"choose another {what}")
+    _check_creatable(url, what)
+    return url
 
 
 def _same_or_inside(inner: str, outer: str) -> bool:

@@ -6,6 +6,7 @@ import re
 
 from jsaectl.errors import ConfigError
 
+MAX_COUNT = 1e18  # far beyond any store, and well inside int64
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 _COUNT = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([kmbgt]?)\s*$", re.IGNORECASE)
 
@@ -25,7 +26,11 @@ def parse_count(text: str | int, what: str = "count") -> int:
                 hint="suffixes k, M, B mean thousand, million, billion",
             )
         number, suffix = match.groups()
-        value = int(round(float(number.replace("_", "")) * _SUFFIX[suffix.lower()]))
+        scaled = float(number.replace("_", "")) * _SUFFIX[suffix.lower()]
+        if not scaled < MAX_COUNT:  # 1e400 is inf: no count at all
+            raise ConfigError(f"{what} {text!r} is beyond any count jsaectl can hold (at most {MAX_COUNT:.0e})",
+                              hint="give a count such as 300M")
+        value = int(round(scaled))
     if value <= 0:
         raise ConfigError(f"{what} must be positive, not {text!r}")
     return value

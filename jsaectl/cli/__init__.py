@@ -6,6 +6,7 @@ import contextlib
 import errno
 import inspect
 import io
+import logging
 import os
 import signal
 import sys
@@ -84,13 +85,13 @@ def _quiet_stdout() -> None:
 
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """Every warning as one line (a library's too, without its source line)."""
     if issubclass(category, JsaectlWarning):
         _say(f"jsaectl: note: {message}")
     else:
-        _ORIGINAL_SHOWWARNING(message, category, filename, lineno, file, line)
+        _say(f"jsaectl: note: {category.__name__}: {str(message).strip().splitlines()[0] if str(message).strip() else ''}")
 
 
-_ORIGINAL_SHOWWARNING = warnings.showwarning
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
@@ -146,8 +147,12 @@ class _Boundary(TyperGroup):
         debug = os.environ.get("JSAECTL_DEBUG", "") not in ("", "0")
         argv = list(sys.argv[1:] if args is None else args)
         command = next((a for a in argv if not a.startswith("-")), "")
+        # zarr reads chunks on its own event loop: after an error, the reads it cancels would log
+        # "Task was destroyed but it is pending!" at exit, lines after the one that says what happened.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         with _signals_unwind(), warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")  # NaN/inf are refused by name
             code = self._run(args, prog_name, complete_var, extra, debug, command)
         if standalone_mode:
             sys.exit(code)
@@ -157,6 +162,7 @@ class _Boundary(TyperGroup):
         try:
             rv = super().main(args=args, prog_name=prog_name or "jsaectl", complete_var=complete_var,
                               standalone_mode=False, **extra)
+            sys.stdout.flush()  # here, not at exit: a reader gone away (`| head -1`) ends the command with 141
             return rv if isinstance(rv, int) else 0
         except JsaectlError as e:
             if debug:

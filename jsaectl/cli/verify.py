@@ -30,7 +30,7 @@ def _table(reports) -> Table:
         table.add_column(name, justify=justify, overflow="fold")
     for r in reports:
         status = "[green]ok[/]" if r.ok else f"[red]{len(r.problems)} problem{'s' * (len(r.problems) != 1)}[/]"
-        table.add_row(r.url, f"{r.kind or '?'} (format {r.format or '?'})", f"{r.arrays:,}", f"{r.chunks:,}",
+        table.add_row(r.url, f"{'lazy ' if r.lazy else ''}{r.kind or '?'} (format {r.format or '?'})", f"{r.arrays:,}", f"{r.chunks:,}",
                       f"{r.bytes / 1e6:,.1f}", status)
     return table
 
