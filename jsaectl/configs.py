@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 from jsaectl.errors import ConfigError, shown
-from jsaectl.options import check_types, fractions, option, positive, thresholds
+from jsaectl.options import at_most, check_types, fractions, option, positive, thresholds
 
 BUNDLED_MODEL = "jsaectl-demo"  # the tiny English/German GPT-NeoX model shipped in assets/model
 BUNDLED_DEFAULT_LAYER = 2  # the middle of its 4 layers
@@ -37,6 +37,10 @@ FORMATS = WEIGHT_FORMATS + CONNECTION_FORMATS
 THRESHOLDS = (0.005, 0.01, 0.015, 0.02, 0.04)  # the paper's |J| thresholds
 NORMALISED_THRESHOLDS = (0.5, 1.0, 2.0, 4.0)  # multiples of a token's rms |J| (sparsity.py)
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
+# Bounds of counts that size memory or time (options.at_most): far beyond any sensible value.
+MAX_EXAMPLES = 10_000  # kept per latent or connection: a table of latents × examples
+MAX_BATCH_TOKENS = 1 << 22  # tokens in one batch of an analysis
+MAX_PASSES = 1_000  # training passes over an activations store
 WANDB_INSTALL = 'pip install "jsaectl\\[wandb]"'  # \\[: rich would read [wandb] as markup in --help
 
 
@@ -118,6 +122,7 @@ class HarvestConfig:
         if self.layer is not None and self.layer < 0:
             raise ConfigError(f"--layer must be >= 0, not {self.layer}", hint="layers count from 0")
         positive(self, "tokens", "batch_size")
+        at_most(self, {"batch_size": 1 << 16, "context_size": 1 << 20})
         if self.context_size < 2:
             raise ConfigError(f"--context-size must be at least 2, not {self.context_size}", hint="the default is 256")
         i, n = self.shard
@@ -250,6 +255,12 @@ class TrainConfig:
         if self.k > latents:
             raise ConfigError(f"--k {self.k} is more than the {latents} latents", hint="lower --k or raise --expansion")
         lanes = self.data_lanes if self.data_lanes is not None else world
+        if self.batch_size > n_tokens:
+            raise ConfigError(f"--batch-size {self.batch_size:,} is more than the {n_tokens:,} tokens the store holds",
+                              hint="lower --batch-size, or harvest more tokens")
+        if self.tokens is not None and self.tokens > MAX_PASSES * n_tokens:
+            raise ConfigError(f"--tokens {self.tokens:,} would be {self.tokens / n_tokens:,.0f} passes over the store's "
+                              f"{n_tokens:,} tokens, more than {MAX_PASSES:,}", hint=f"give at most {MAX_PASSES * n_tokens:,}")
         if lanes % world or self.batch_size % lanes:
             raise ConfigError(f"--batch-size {self.batch_size} must split evenly over {lanes} data lanes, "
                               f"and the lanes over {world} processes")
@@ -319,6 +330,8 @@ class JacobianConfig:
         _check_wandb(self)
         positive(self, "tokens", "batch_size", "max_pairs", "label_examples")
         positive(self, "example_connections", zero=True)
+        at_most(self, {"label_examples": MAX_EXAMPLES, "batch_size": MAX_BATCH_TOKENS, "example_connections": 1_000_000,
+                       "linearity": 1_000_000, "top": 1_000_000})
         positive(self, "top", "linearity", zero=True)
         thresholds(self, "thresholds", "normalised_thresholds")
 
@@ -381,6 +394,7 @@ class MaxactConfig:
                               hint="e.g. --side out --latent 123, --connection 45:123, or --top-latents 5")
         positive(self, "examples", "batch_size", "tokens")
         positive(self, "context", zero=True)
+        at_most(self, {"examples": MAX_EXAMPLES, "context": MAX_EXAMPLES, "batch_size": MAX_BATCH_TOKENS})
 
     def check_latents(self, n_latents: int) -> None:
         """Refuse latent ids the SAEs do not have (known once the store is open)."""
@@ -422,6 +436,7 @@ class CompareConfig:
         _check_wandb(self)
         positive(self, "tokens", "batch_size")
         positive(self, "eval_tokens", zero=True)
+        at_most(self, {"batch_size": MAX_BATCH_TOKENS})
         thresholds(self, "thresholds", "normalised_thresholds")
 
 
@@ -453,6 +468,8 @@ class ReportConfig:
             raise ConfigError("no output directory given", hint="pass --out DIR")
         positive(self, "connections", "examples", "tokens", "batch_size")
         positive(self, "context", zero=True)
+        at_most(self, {"connections": MAX_EXAMPLES, "examples": MAX_EXAMPLES, "context": MAX_EXAMPLES,
+                       "batch_size": MAX_BATCH_TOKENS})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,6 +553,7 @@ class TraceConfig:
     def __post_init__(self) -> None:
         check_types(self)
         positive(self, "top", "connections", "label_tokens", "batch_size")
+        at_most(self, {"top": MAX_EXAMPLES, "connections": 1_000_000, "batch_size": MAX_BATCH_TOKENS})
         if (self.text is None) == (self.file is None):
             raise ConfigError("give the text with --text or --file (one of them)",
                               hint='e.g. --text "Der Hund bellt." or --file notes.txt, or --text - with text on stdin')
@@ -575,6 +593,7 @@ class ContrastConfig:
     def __post_init__(self) -> None:
         check_types(self)
         positive(self, "tokens", "top", "inputs", "label_tokens", "batch_size")
+        at_most(self, {"top": 1_000_000, "inputs": 1_000_000, "batch_size": 1 << 16})
         if not self.a or not self.b:
             raise ConfigError("give both texts: --a SOURCE --b SOURCE", hint="e.g. --a jsaectl-sample:lang=de --b jsaectl-sample:lang=en")
         if self.a == self.b:

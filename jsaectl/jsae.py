@@ -246,6 +246,8 @@ class JSAE(nn.Module):
         """Both codes and reconstructions of ``x [B, d]`` (and of ``y``: the stored MLP output,
         or None for f(x)), and as much of the Jacobian as ``jacobian`` asks for (one of
         JACOBIAN_MODES). The MLP always runs in float32, whatever the autocast."""
+        if jacobian not in JACOBIAN_MODES:
+            raise ValueError(f"jacobian must be one of {JACOBIAN_MODES}, not {jacobian!r}")
         need_J = jacobian in ("value", "grad")
         grad = jacobian == "grad" and torch.is_grad_enabled()
         no_autocast = torch.autocast(x.device.type, enabled=False)

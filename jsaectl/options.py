@@ -285,8 +285,11 @@ def check_given(cls: type, name: str, value: Any, where: str) -> Any:
         if not ok:
             raise ConfigError(f"{where}: {name} must be {_KIND_EXPECTS[m.kind]}, not {describe(value)}")
         if isinstance(value, list):
-            return ",".join(map(str, value)) if m.kind == "floats" else ("/" if m.kind == "shard" else ":").join(map(str, value))
-        return str(value)
+            text = ",".join(map(str, value)) if m.kind == "floats" else ("/" if m.kind == "shard" else ":").join(map(str, value))
+        else:
+            text = str(value)
+        KINDS[m.kind][0](text, f"{where}: {name}")  # parsed now, so that a bad value names the file
+        return text
     if typing.get_origin(tp) is tuple and typing.get_args(tp)[-1] is Ellipsis:  # repeatable: one value or a list
         value = value if isinstance(value, list) else [value]
         check, expected = _expects(tp)
@@ -322,6 +325,16 @@ def positive(cfg: Any, *names: str, zero: bool = False) -> None:
         value = getattr(cfg, name)
         if value is not None and (value < 0 if zero else value <= 0):
             raise ConfigError(f"{flag_name(field(type(cfg), name))} must be {'>= 0' if zero else 'positive'}, not {value}")
+
+
+def at_most(cfg: Any, bounds: dict[str, int]) -> None:
+    """Refuse a count above its bound: what it sizes (tables of examples, batches) would not fit
+    in memory, or it would run for ever. Said with the figure and the bound, before any work."""
+    for name, bound in bounds.items():
+        value = getattr(cfg, name)
+        if value is not None and value > bound:
+            raise ConfigError(f"{flag_name(field(type(cfg), name))} {value:,} is more than the {bound:,} it can be",
+                              hint=f"give at most {bound:,}")
 
 
 def fractions(cfg: Any, *names: str) -> None:

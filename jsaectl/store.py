@@ -142,13 +142,14 @@ def describe(meta: dict[str, Any]) -> str:
     return f"{_article(kind)} {kind} store (format {meta.get('format', '?')})"
 
 
-_POINTERS = {"activations": "acts_store", "jsae": "jsae_store"}  # the attr naming the store one was made from
+# The attr naming the store of a kind that a store was made from; a command reading one follows them.
+MADE_FROM = {"activations": "acts_store", "jsae": "jsae_store"}
 
 
 def _made_from(meta: dict[str, Any], kinds: tuple[str, ...]) -> str | None:
     """``the jsae store it was made from is …`` when the store given records one of the kinds wanted."""
     for kind in kinds:
-        source = meta.get(_POINTERS.get(kind, ""))
+        source = meta.get(MADE_FROM.get(kind, ""))
         if source:
             ask = "; ask it itself with `jsaectl connections`" if meta.get("kind") == "jacobian" else ""
             return f"the {kind} store it was made from is {source}{ask}"
@@ -401,10 +402,6 @@ def check_alias(out: str, reads: Sequence[str], what: str = "--out") -> None:
                              hint=f"choose another {what} outside it; a store is never written into another")
 
 
-# The attrs that name the stores a store was made from: a command that reads it follows them.
-MADE_FROM = ("jsae_store", "acts_store")
-
-
 def lineage(url: str) -> list[str]:
     """``url`` and every store it was made from, as their attrs record them (a jacobian store's
     JSAE and activations, a JSAE's activations): what a command reading ``url`` follows, and so
@@ -417,7 +414,7 @@ def lineage(url: str) -> list[str]:
             continue
         found.append(current)
         meta = try_meta(current) or {}
-        todo += [resolve_url(meta[key]) for key in MADE_FROM if isinstance(meta.get(key), str) and meta[key]]
+        todo += [resolve_url(meta[key]) for key in MADE_FROM.values() if isinstance(meta.get(key), str) and meta[key]]
     return found
 
 

@@ -46,6 +46,10 @@ class _Signalled(BaseException):
         self.signum = signum
 
 
+class _PipeClosed(BaseException):
+    """stdout's reader went away (``| head``): carried past click, which would make it exit 1."""
+
+
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 _RESUME = {"train": "run the same command with --resume to continue",
            "harvest": "run the same command again to resume", "jacobian": "run the same command again to resume"}
@@ -141,6 +145,8 @@ class _Boundary(TyperGroup):
             return super().invoke(ctx)
         except KeyboardInterrupt:  # SIGINT outside our handler (a thread, an embedding program)
             raise _Signalled(signal.SIGINT) from None
+        except BrokenPipeError:
+            raise _PipeClosed from None
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -179,7 +185,7 @@ class _Boundary(TyperGroup):
             ctx = getattr(e, "ctx", None)
             hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `jsaectl --help`"
             return _fail(e.format_message(), hint, getattr(e, "exit_code", 2))
-        except BrokenPipeError:
+        except (BrokenPipeError, _PipeClosed):
             _quiet_stdout()  # the reader went away (`| head`): nothing to say, the conventional status
             return 128 + 13
         except Exception as e:

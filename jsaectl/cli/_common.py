@@ -155,7 +155,7 @@ MAX_STDIN_LINE = 4096
 def _stdin_store(line: str) -> str:
     """One line of stdin as a store URL: the URL itself, or a stage's --json document."""
     if len(line) > MAX_STDIN_LINE:
-        raise JsaectlError(f"stdin's line is {len(line):,} characters long, which is no store URL",
+        raise JsaectlError(f"stdin's line is longer than {MAX_STDIN_LINE:,} characters, which no store URL is",
                            hint="pipe a jsaectl stage into this one, or pass the store as an argument")
     if not line.startswith("{"):
         return line
