@@ -63,7 +63,7 @@ class ContrastResult:
     inputs: list[LatentContrast]
     outputs: list[LatentContrast]
     computed_by: str
-    statistic: str = "log odds ratio of firing on A vs B (counts + 0.5), ranked by its 95% lower bound"
+    statistic: str = "95% lower bound of the log odds ratio of firing on A rather than on B (counts + 0.5)"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

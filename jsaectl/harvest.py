@@ -242,7 +242,9 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
     d_model = site.weights.d_model
     _check_size(cfg, url, d_model)
     layout = _layout(cfg, d_model, len(loaded.tokenizer))
-    started = time.perf_counter()  # tokens/s counts reading and tokenizing the text, not loading the model
+    # tokens/s counts reading, tokenizing, (computing) and writing the rows: not loading the model,
+    # nor checking it on the first batch and recording what a lazy store needs (fixed costs)
+    started = time.perf_counter()
     contexts = iter_contexts(pieces, loaded.tokenizer, cfg.context_size, bos=cfg.bos)
     chunks = _grouped(islice(contexts, layout.n_tokens // cfg.context_size), layout.contexts_per_write)
     first = next(chunks, None)
@@ -250,6 +252,7 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
         raise DataError(f"{describe_source(cfg.dataset)} holds fewer than {cfg.context_size} tokens: not one context",
                         hint="give more text, or a smaller --context-size")
     tap = MLPTap(loaded.model, site)
+    checking = time.perf_counter()
     first_ids = torch.from_numpy(np.stack(first[: cfg.batch_size])).long().to(device)
     x, y = tap(first_ids, with_output=True)
     rel_err = check_reconstruction(site, x, y, cfg.model_dtype)  # refuses before anything is written
@@ -259,6 +262,7 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
 
     with st.writing(url, "activations", identity(cfg), overwrite=cfg.overwrite, shard=shard) as (store, resumed):
         extra = _prepare(store, cfg, loaded, site, layout, rel_err, (first_ids, x))
+        started += time.perf_counter() - checking
         todo = _todo(store, cfg, layout, resumed, reporter)
         written = _run_chunks(cfg, store, layout, tap, device, [first], chunks, set(todo), reporter)
         elapsed = time.perf_counter() - started

@@ -115,7 +115,7 @@ def maxact(cfg: MaxactConfig, reporter: Reporter = SILENT) -> MaxactResult:
     why = _why_scan(given, cfg, model)
     if why is None:
         result = _from_store(given, cfg, model)
-        result.source = f"the examples {given.url} holds (over the {given.meta['n_tokens']:,} tokens it analysed)"
+        result.source = f"{given.url}, which keeps them (from the {given.meta['n_tokens']:,} tokens it analysed)"
         return result
     n_tokens = min(cfg.tokens or model.acts.n_tokens, model.acts.n_tokens)
     began = time.perf_counter()

@@ -31,6 +31,7 @@ import torch
 
 from jsaectl import connections as conn
 from jsaectl import store as st
+from jsaectl import tracking
 from jsaectl.configs import ReportConfig
 from jsaectl.errors import StoreError
 from jsaectl.maxact import Example, examples
@@ -186,7 +187,8 @@ def _summary(jac: st.Store, model: LoadedJSAE) -> dict[str, Any]:
             "batch_size": cfg.get("batch_size"), "lr": cfg.get("lr"), "final": jmeta.get("final_metrics") or {},
             "sparsity": meta["sparsity"], "linearity": meta.get("linearity"), "jsae_store": model.store.url,
             "acts_store": meta.get("acts_store"), "store": jac.url, "distinct_pairs": meta.get("distinct_pairs"),
-            "stored_pairs": meta.get("stored_pairs")}
+            "stored_pairs": meta.get("stored_pairs"),
+            "wandb": tracking.describe_run(jmeta["wandb"]) if jmeta.get("wandb") else None}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,15 +34,14 @@ def test_library_api_runs_every_stage(api_run):
         assert (out / store / "zarr.json").exists()
 
 
-def test_german_latent_finds_a_latent_and_its_inputs(api_run):
+def test_german_latent_finds_a_latent_its_inputs_and_where_it_fires(api_run):
     out, _ = api_run
-    printed = run(sys.executable, str(EXAMPLES / "german_latent.py"), str(out / "jsae.zarr"), str(out / "jacobian.zarr"),
-                  "--tokens", "5k", "--work", str(out / "german"), cwd=out)
-    assert "output latents that fire on German and not on English" in printed
-    assert "input latents that compute output latent" in printed
-    assert "where output latent" in printed and "active on" in printed
-    rates = [line for line in printed.splitlines() if line.startswith("  output latent ")]
-    assert len(rates) == 5
+    printed = run(sys.executable, str(EXAMPLES / "german_latent.py"), str(out / "jacobian.zarr"), "--tokens", "5k", cwd=out)
+    assert "output latents that fire on German far more than on English" in printed
+    assert len([line for line in printed.splitlines() if line.startswith("  output latent ")]) == 5
+    assert "input latents that compute output latent" in printed and "the connections of" in printed
+    marked = [line for line in printed.splitlines() if " tokens: " in line]
+    assert len(marked) == 2  # the German and the English sentence, token by token
 
 
 def test_paper_tables_render_compare_json(api_run):

@@ -221,3 +221,14 @@ def test_the_report_works_in_a_real_browser(report_dir, tmp_path):
     shot = tmp_path / "index.png"
     _browse(index, f"--screenshot={shot}", "--window-size=1300,1600", tmp=tmp_path)
     assert shot.stat().st_size > 20_000
+
+
+def test_the_report_names_the_run_the_jsae_was_trained_in(jsae_store, acts_store, tmp_path):
+    jsae = str(shutil.copytree(jsae_store, tmp_path / "jsae.zarr"))
+    g = zarr.open_group(jsae, mode="r+")
+    g.attrs["jsaectl"] = {**g.attrs["jsaectl"], "acts_store": acts_store,
+                          "wandb": {"id": "abc123", "url": None, "project": "jsaes", "entity": "lab", "name": "L1"}}
+    jac = jacobian(JacobianConfig(jsae=jsae, tokens=1000, out=str(tmp_path / "jac.zarr"))).store
+    result = runner.invoke(app, ["report", jac, "--out", str(tmp_path / "r"), "--tokens", "1000", "--connections", "3"])
+    assert result.exit_code == 0, result.output
+    assert "Weights &amp; Biases: lab/jsaes/abc123" in (tmp_path / "r" / "index.html").read_text()
