@@ -59,9 +59,10 @@ def linearity_checks(model: LoadedJSAE, n_tokens: int, n_pairs: int, seed: int) 
     candidates = np.flatnonzero(model.acts.keep(0, n_tokens, model.include_bos))
     rows = np.sort(rng.choice(candidates, size=min(n_pairs, len(candidates)), replace=False))
     x = torch.stack([model.acts.rows("x", int(r), int(r) + 1)[0] for r in rows]).to(model.device)
-    # J's evaluation point: x, or x̂ (then J's rows, jac_out, are the output SAE's code of f(x̂)).
+    # J's evaluation point, as the JSAE decides it: x, or x̂ (then J's rows, jac_out, are the
+    # output SAE's code of f(x̂)).
     batch = model.analyse(x, torch.from_numpy(rows).to(model.device))
-    base = batch.x if model.jacobian_at == "x" else model.sae("in").decode(batch.code_in.values, batch.code_in.indices)
+    base = model.jsae.evaluation_point(batch.x, model.sae("in").decode(batch.code_in.values, batch.code_in.indices))
     W_dec = model.sae("in").W_dec
     # The ablation's "before": the output SAE on f(base), computed as the "after" is (not the
     # stored y), so the difference is the ablation's alone.

@@ -245,3 +245,20 @@ def test_options_that_do_not_apply_to_a_lazy_store_are_refused(flag, gpt2_dir, c
     result = runner.invoke(app, ["harvest", str(gpt2_dir), "-l", "1", "-d", str(corpus), "--lazy", *flag, "-o", str(out)])
     assert result.exit_code == 2 and result.stdout == "" and flag[0] in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_lazy_store_on_an_fsspec_url_reads_like_a_local_one(gpt2_dir, corpus, tmp_path):
+    base = HarvestConfig(model=str(gpt2_dir), layer=1, dataset=str(corpus), tokens=4_000, context_size=32)
+    local = Activations.open(harvest(replace(base, lazy=True, out=str(tmp_path / "l.zarr"))).store, device="cpu")
+    remote = Activations.open(harvest(replace(base, lazy=True, out="memory://jsaectl-test/lazy.zarr")).store, device="cpu")
+    assert remote.url.startswith("memory://") and remote.lazy
+    assert np.array_equal(local.read("x", 0, local.n_tokens), remote.read("x", 0, remote.n_tokens))
+
+
+def test_import_reads_a_lazy_store(jsae_store, lazy_acts_store, tmp_path):
+    pair = tmp_path / "pair"
+    assert runner.invoke(app, ["export", jsae_store, "--format", "jsae-pair", "--out", str(pair)]).exit_code == 0
+    result = runner.invoke(app, ["import", str(pair), "--acts", lazy_acts_store, "-o", str(tmp_path / "j.zarr")])
+    assert result.exit_code == 0, result.output
+    found = runner.invoke(app, ["maxact", str(tmp_path / "j.zarr"), "--top-latents", "1", "--examples", "3", "--json"])
+    assert found.exit_code == 0 and json.loads(found.stdout)["latents"][0]["examples"]
