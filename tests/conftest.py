@@ -43,6 +43,32 @@ def build_tokenizer(path: Path) -> Path:
     return path
 
 
+def digest(path: str | Path) -> dict[str, str]:
+    """sha256 of every file under ``path`` (lock objects aside: they come and go): a store
+    unchanged by a command has the same digest before and after."""
+    import hashlib
+
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(path).rglob("*")) if p.is_file() and not p.name.startswith(".jsaectl")}
+
+
+def kill_at_first_checkpoint(args: list[str], out: Path, env: dict[str, str] | None = None) -> None:
+    """Run `jsaectl train ARGS -o OUT` and SIGKILL it as soon as its store holds a checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "jsaectl", "train", *args, "-o", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    meta = out / "checkpoint" / "zarr.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (meta.exists() and '"slot"' in meta.read_text()):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def write_corpus(path: Path) -> Path:
     with open(path, "w") as f:
         for text in _texts():

@@ -6,7 +6,6 @@ on stdout, and that no store the command read has changed (a digest of every fil
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -23,21 +22,13 @@ import zarr
 from typer.testing import CliRunner
 
 from jsaectl import store as st
+from conftest import digest
 from jsaectl.cli import app
 from jsaectl.jacobian import JacobianConfig, jacobian
 
 runner = CliRunner()
 JSAECTL = [sys.executable, "-m", "jsaectl"]
 TRAIN = ["--expansion", "4", "--k", "4", "--batch-size", "256"]
-
-
-def digest(path: str | Path) -> dict[str, str]:
-    """sha256 of every file under ``path`` (lock objects aside: they come and go)."""
-    out = {}
-    for p in sorted(Path(path).rglob("*")):
-        if p.is_file() and not p.name.startswith(".jsaectl"):
-            out[str(p.relative_to(path))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def one_error(stderr: str) -> str:

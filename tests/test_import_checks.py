@@ -8,7 +8,6 @@ names the problem, nothing on stdout, no --out, and the activations store unchan
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -23,15 +22,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from jsaectl import store as st
+from conftest import digest
 from jsaectl.cli import app
 
 runner = CliRunner()
-
-
-def digest(path: str | Path) -> dict[str, str]:
-    """sha256 of every file under ``path`` (lock objects aside: they come and go)."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(path).rglob("*")) if p.is_file() and not p.name.startswith(".jsaectl")}
 
 
 def refused(args: list[str], code: int, reads: tuple[str, ...]) -> str:

@@ -8,7 +8,6 @@ nothing created and every input store unchanged (a digest of each of its files).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,16 +19,12 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
+from conftest import digest
 from jsaectl.cli import app
 from jsaectl.jacobian import JacobianConfig, jacobian
 
 runner = CliRunner()
 SMALL = ["--expansion", "4", "--k", "4", "--batch-size", "256"]
-
-
-def digest(path: str | Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(path).rglob("*")) if p.is_file() and not p.name.startswith(".jsaectl")}
 
 
 def refused(args: list[str], code: int, reads: tuple[str, ...] = (), creates: tuple[Path, ...] = (), **kw) -> str:

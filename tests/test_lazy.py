@@ -8,14 +8,11 @@ one the store was harvested with is refused, naming what differs, before anythin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +22,7 @@ import zarr
 from typer.testing import CliRunner
 
 from jsaectl.acts import Activations
+from conftest import digest, kill_at_first_checkpoint
 from jsaectl.cli import app
 from jsaectl.harvest import HarvestConfig, harvest
 from jsaectl.jacobian import JacobianConfig, jacobian
@@ -42,11 +40,6 @@ def _pair(model: str, corpus: str, root: Path, **kw) -> tuple[str, str]:
     stored = harvest(replace(base, dtype="float32", out=str(root / "stored.zarr"))).store
     lazy = harvest(replace(base, lazy=True, out=str(root / "lazy.zarr"))).store
     return stored, lazy
-
-
-def _files(path: str) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(path).rglob("*")) if p.is_file() and not p.name.startswith(".jsaectl")}
 
 
 @pytest.mark.parametrize("family", ["bundled", "gpt2", "gpt_neox", "llama"])
@@ -107,13 +100,7 @@ def test_resume_after_sigkill_is_bit_identical(lazy_acts_store, tmp_path):
     args = [lazy_acts_store, *SMALL, "--tokens", "30k", "--checkpoint-every", "20", "--checkpoint-minutes", "0"]
     assert _train(args + ["-o", str(tmp_path / "ref.zarr")]).returncode == 0
     out = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([*JSAECTL, "train", *args, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    meta = out / "checkpoint" / "zarr.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (meta.exists() and '"slot"' in meta.read_text()):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(args, out)
     assert zarr.open_group(str(out), mode="r").attrs["jsaectl"]["complete"] is False
     resumed = _train(["--resume", "-o", str(out)])
     assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr
@@ -184,13 +171,13 @@ def _edit(model: Path, change) -> None:
 
 def _refused(store: str, tmp_path: Path) -> str:
     """train and verify both refuse the store with one line, and nothing is written."""
-    before = _files(store)
+    before = digest(store)
     out = tmp_path / "never.zarr"
     result = runner.invoke(app, ["train", store, *SMALL, "-o", str(out)])
     assert result.exit_code == 1 and result.stdout == "", result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("jsaectl: error:") and "hint:" in lines[0], result.stderr
-    assert not out.exists() and _files(store) == before
+    assert not out.exists() and digest(store) == before
     checked = runner.invoke(app, ["verify", store])
     assert checked.exit_code == 1 and "cannot compute its x" in checked.stderr
     return lines[0]

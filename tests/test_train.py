@@ -5,10 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
+from conftest import kill_at_first_checkpoint
 from jsaectl.cli import app
 from jsaectl.train import TrainConfig, lam_at, lr_at, train
 
@@ -96,14 +95,7 @@ def test_resume_after_sigkill_gives_the_same_weights(acts, tmp_path, every):
     assert reference.returncode == 0, reference.stderr
 
     out = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "jsaectl", "train", *args, "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    meta = out / "checkpoint" / "zarr.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (meta.exists() and '"slot"' in meta.read_text()):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(args, out)
     assert zarr.open_group(str(out), mode="r").attrs["jsaectl"]["complete"] is False
 
     refused = _train(args + ["-o", str(out)])

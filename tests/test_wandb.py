@@ -11,10 +11,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
+from conftest import kill_at_first_checkpoint
 from jsaectl.cli import app
 from jsaectl.train import HISTORY_KEYS
 from jsaectl import tracking
@@ -166,16 +165,9 @@ def test_jacobian_and_compare_add_their_figures_to_the_training_run(logged, jsae
 @needs_wandb
 def test_resume_after_sigkill_continues_the_same_run(acts_store, wandb_dir, tmp_path):
     out = tmp_path / "killed.zarr"
-    args = [acts_store, *SMALL, "--tokens", "20k", "--checkpoint-every", "10", "--checkpoint-minutes", "0", "-o", str(out),
+    args = [acts_store, *SMALL, "--tokens", "20k", "--checkpoint-every", "10", "--checkpoint-minutes", "0",
             "--wandb", "jsaectl-resume"]
-    proc = subprocess.Popen([sys.executable, "-m", "jsaectl", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_env(wandb_dir))
-    meta = out / "checkpoint" / "zarr.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (meta.exists() and '"slot"' in meta.read_text()):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(args, out, env=_env(wandb_dir))
     attrs = zarr.open_group(str(out), mode="r").attrs["jsaectl"]
     assert attrs["complete"] is False and attrs["wandb"]["project"] == "jsaectl-resume"  # recorded at the start
     run_id = attrs["wandb"]["id"]
