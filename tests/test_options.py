@@ -11,6 +11,7 @@ import pytest
 import typer
 
 from jsaectl import configs
+from jsaectl.errors import ConfigError
 from jsaectl import options as opts
 from jsaectl.cli import app
 from jsaectl.cli._generate import cli_default, cli_fields
@@ -75,3 +76,25 @@ def test_the_command_line_is_built_without_torch(args):
             "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stderr.strip().splitlines()[-1] == "NO TORCH", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_lists_the_allowed_values_of_every_choice(name):
+    from typer.testing import CliRunner
+
+    cls = COMMANDS[name]
+    result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "240"})
+    assert result.exit_code == 0
+    shown = result.output
+    for f in cli_fields(cls):
+        allowed = opts.choices(cls, f.name)
+        for value in allowed or ():
+            assert f"{value}|" in shown or f"|{value}>" in shown, f"{name} --help does not list {value!r} for {opts.flag_name(f)}"
+    assert any(opts.choices(cls, f.name) for f in cli_fields(cls)) or name not in ("harvest", "train", "maxact", "export")
+
+
+def test_choices_are_literal_types_checked_in_python_too():
+    with pytest.raises(ConfigError, match="--format must be one of|unknown export format"):
+        configs.ExportConfig(store="s", format="SAELens", out="o")
+    with pytest.raises(ConfigError, match="--side must be one of in, out"):
+        configs.MaxactConfig(jsae="j", side="middle", latents=(1,))
