@@ -104,21 +104,24 @@ def verify(url: str, reporter: Reporter = SILENT) -> Report:
     report.arrays = len(arrays)
     report.problems += _shape_problems(meta, arrays, group)
     if meta.get("lazy") and report.ok:
-        report.problems += _lazy_problems(url)
+        _check_lazy(report)
     return report
 
 
-def _lazy_problems(url: str) -> list[Problem]:
+def _check_lazy(report: Report) -> None:
     """A sound lazy store is one whose model still computes its x: loaded (on the CPU) and
     checked against the store's fingerprint and witness, as every reader does."""
     from jsaectl.acts import Activations
     from jsaectl.errors import JsaectlError
 
     try:
-        Activations.open(url, device="cpu")
+        acts = Activations.open(report.url, device="cpu")
     except JsaectlError as e:
-        return [Problem("", f"its model cannot compute its x: {e.message}")]
-    return []
+        report.problems.append(Problem("", f"its model cannot compute its x: {e.message}"))
+        return
+    if not acts.lazy_x.bit_identical:
+        report.notes.append("x computed here matches the store's witness within float precision, not bit for bit "
+                            "(another device or library build than the harvest's)")
 
 
 def _arrays(group: zarr.Group) -> dict[str, zarr.Array]:
