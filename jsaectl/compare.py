@@ -6,15 +6,15 @@ For each JSAE (a jacobian store stands for the JSAE it was made from), on the sa
   the evaluated tokens);
 * Jacobian sparsity: mean count per token of |J| above each threshold (and over k²), mean |J|,
   and the scale-free count of entries holding 90% of Σ|J|;
-* splicing each SAE into the language model, alone (jsae-method.md §3): the input SAE's x̂
+* splicing each SAE into the language model, alone: the input SAE's x̂
   replaces the MLP input, or the output SAE's ŷ the MLP output. CE-loss score
   ``(CE_zero − CE_sae) / (CE_zero − CE_clean)`` with CE_zero the loss with the MLP output
   zeroed; KL score ``(KL_zero − KL_sae) / KL_zero`` with KL from the clean next-token
   distribution. The model is the one named in the activations store's provenance (the same
   random re-initialisation for --random-init stores). SAEs are spliced, and the MLP output
-  zeroed for the baseline, at every position but position 0 when that is a BOS token the
-  SAEs were not trained on, so that the score's numerator and denominator change the same
-  positions.
+  zeroed for the baseline, at every position but position 0 when the contexts start with BOS
+  (which compare, like training by default, leaves out), so that the score's numerator and
+  denominator change the same positions.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class _Splicer:
                          site.output_module.register_forward_hook(self._post)]
 
     def _keep(self, shape: torch.Size, where: str) -> torch.Tensor:
-        """Positions the SAE replaces: all but a BOS position 0 it never saw in training, laid
+        """Positions the SAE replaces: all but a BOS position 0 (left out, as in training), laid
         out as the module sees them (``[B, T, d]``, or ``[B·T, d]`` as OPT flattens them)."""
         B, T = self._ids_shape
         if math.prod(shape[:-1]) != B * T:
@@ -198,7 +198,7 @@ def _splice_scores(run: LoadedJSAE, cfg: CompareConfig, model_cache: dict, repor
     if not all(torch.allclose(getattr(site.weights, w), getattr(stored, w), rtol=1e-3, atol=1e-6) for w in ("W_in", "W_out")):
         raise ModelError(f"the model loaded for the CE/KL scores ({prov.get('name')}) has other MLP weights at layer "
                          f"{run.acts.meta['layer']} than the activations store {run.acts.url} recorded",
-                         hint="the model changed since the harvest (pin --revision), or pass --eval-tokens 0 to skip the splice scores")
+                         hint="the model changed since the harvest (harvest with a pinned --revision), or pass --eval-tokens 0 to skip the splice scores")
     splicer = _Splicer(run, loaded, site)
     T = run.acts.context_size
     n_ctx = max(1, min(cfg.eval_tokens // T, run.acts.n_tokens // T))

@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 
 from jsaectl.errors import ConfigError, shown
 from jsaectl.options import at_most, check_types, fractions, option, positive, thresholds
+from jsaectl.tracking import INSTALL_HINT, split_tags
 
 BUNDLED_MODEL = "jsaectl-demo"  # the tiny English/German GPT-NeoX model shipped in assets/model
 BUNDLED_DEFAULT_LAYER = 2  # the middle of its 4 layers
@@ -41,7 +42,7 @@ DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
 MAX_EXAMPLES = 10_000  # kept per latent or connection: a table of latents × examples
 MAX_BATCH_TOKENS = 1 << 22  # tokens in one batch of an analysis
 MAX_PASSES = 1_000  # training passes over an activations store
-WANDB_INSTALL = 'pip install "jsaectl\\[wandb]"'  # \\[: rich would read [wandb] as markup in --help
+WANDB_INSTALL = INSTALL_HINT.replace("[", "\\[")  # \\[: rich would read [wandb] as markup in --help
 
 
 def _check_wandb(cfg: Any, tags: tuple[str, ...] = ()) -> None:
@@ -51,9 +52,16 @@ def _check_wandb(cfg: Any, tags: tuple[str, ...] = ()) -> None:
     if project is not None and (not project.strip() or len(project) > 128 or any(c in project for c in "/\\#?%:")):
         raise ConfigError(f"--wandb: {shown(project)} is not a W&B project name",
                           hint="1 to 128 characters, none of / \\ # ? % :")
-    for tag in (t.strip() for given in tags for t in given.split(",")):
+    for tag in split_tags(tags):
         if len(tag) > 64:
             raise ConfigError(f"--wandb-tags: {shown(tag)} is longer than W&B's 64 characters a tag")
+
+
+def check_latent_ids(ids: tuple[int, ...], n_latents: int) -> None:
+    """Refuse latent ids the SAEs do not have (known once a store is open)."""
+    bad = [i for i in ids if not 0 <= i < n_latents]
+    if bad:
+        raise ConfigError(f"latent id {bad[0]} is out of range: the SAEs have {n_latents} latents (0–{n_latents - 1})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +121,7 @@ class HarvestConfig:
         "i/n: fill every n-th chunk starting at i, so n processes fill one store."))
     out: str | None = option(None, short="-o", identity=False, help=(
         "Where to write the store: a path or an fsspec URL (s3://…). Default: "
-        "runs/<model>-L<layer>-<tokens>-<hash>.zarr."))
+        "runs/<model>[-random][-lazy]-L<layer>-<tokens>-<hash>.zarr."))
     overwrite: bool = option(False, identity=False, help=(
         "Replace an existing store at --out that was made with a different config."))
 
@@ -195,7 +203,8 @@ class TrainConfig:
     grad_clip: float = option(1.0, help="Gradient-norm clip (0: none).")
     buffer_tokens: int = option(32 * 4096, kind="count", help=(
         "Shuffle buffer in tokens, split evenly over the data lanes: each lane shuffles buffer_tokens / "
-        "lanes rows at a time (memory per process ≈ its lanes' share × d_model × 2 bytes)."))
+        "lanes rows at a time, and reads the next such group while serving this one (memory per process ≈ "
+        "2 × its lanes' share × d_model × the stored bytes per value, twice that with a stored y)."))
     data_lanes: int | None = option(None, help=(
         "Lanes of the data order. Default: the number of processes; a 1-process run with --data-lanes N "
         "sees the batches of an N-process run."))
@@ -290,7 +299,7 @@ class JacobianConfig:
     acts: str | None = option(None, reads=True, help=(
         "Analyse this activations store (e.g. held-out text) instead of the one the JSAE was trained on."))
     thresholds: tuple[float, ...] = option(THRESHOLDS, kind="floats", help=(
-        "|J| thresholds of the sparsity summary, comma-separated (the paper's: 0.005, 0.01, 0.015, 0.02; "
+        "|J| thresholds of the sparsity summary, comma-separated (the paper's: 0.005, 0.01, 0.015, 0.02, 0.04; "
         "its Figure 1 counts them over k² with BOS left out, as jsaectl does)."))
     normalised_thresholds: tuple[float, ...] = option(NORMALISED_THRESHOLDS, kind="floats", help=(
         "Scale-free summary: count |J| above these multiples of each token's rms |J| (the reference's l2t"
@@ -299,7 +308,8 @@ class JacobianConfig:
     linearity: int = option(0, help=(
         "Run the paper's linearity and ablation checks on N sampled active pairs (0: skip)."))
     label_examples: int = option(20, help=(
-        "Top activations kept per latent (its label is drawn from them) and per stored connection."))
+        "Top activations kept per latent (its label is drawn from them) and per connection whose examples "
+        "are stored (--example-connections)."))
     example_connections: int = option(2_000, kind="count0", help=(
         "The strongest connections whose max-activating tokens (by |J|) the store keeps, so that "
         "`maxact --connection` answers from it at once (a second pass over the tokens, computing the "
@@ -398,10 +408,7 @@ class MaxactConfig:
 
     def check_latents(self, n_latents: int) -> None:
         """Refuse latent ids the SAEs do not have (known once the store is open)."""
-        ids = list(self.latents) + (list(self.connection) if self.connection else [])
-        bad = [i for i in ids if not 0 <= i < n_latents]
-        if bad:
-            raise ConfigError(f"latent id {bad[0]} is out of range: the SAEs have {n_latents} latents (0–{n_latents - 1})")
+        check_latent_ids((*self.latents, *(self.connection or ())), n_latents)
         if self.top_latents > n_latents:
             raise ConfigError(f"--top-latents {self.top_latents} is more than the {n_latents} latents")
 
@@ -557,9 +564,6 @@ class TraceConfig:
         if (self.text is None) == (self.file is None):
             raise ConfigError("give the text with --text or --file (one of them)",
                               hint='e.g. --text "Der Hund bellt." or --file notes.txt, or --text - with text on stdin')
-        if self.text == "-" and self.jsae in ("", "-"):
-            raise ConfigError("--text - reads the text from stdin, so the JSAE must be given as an argument",
-                              hint="jsaectl trace JSAE --text - < notes.txt")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from jsaectl import store as st
-from jsaectl.errors import ConfigError
+from jsaectl.configs import check_latent_ids
 
 COLUMNS = ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean")
 SORTS = {"strength": "strength", "mean": "mean_abs", "count": "count"}  # --sort name -> column
@@ -98,11 +98,7 @@ def query(store: st.Store, *, inputs: tuple[int, ...] = (), outputs: tuple[int, 
     all columns only for the rows returned."""
     n, total = int(store.meta["n_latents"]), store.array("connections/input").shape[0]
     inputs, outputs = tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs))  # a latent given twice counts once
-    for latent in (*inputs, *outputs):
-        if not 0 <= latent < n:
-            raise ConfigError(f"latent id {latent} is out of range: the SAEs have {n} latents (0–{n - 1})")
-    if sort not in SORTS:
-        raise ConfigError(f"--sort must be one of {', '.join(SORTS)}, not {sort!r}")
+    check_latent_ids((*inputs, *outputs), n)
     if inputs or outputs:
         rows = _candidates(store, inputs, outputs)
     elif sort == "strength":  # the rows are in this order: only the first ones are read

@@ -4,7 +4,8 @@ How text becomes contexts (the same for every source):
 
 1. Documents are read in a fixed order: rows of a .jsonl / .parquet file or of a Hub dataset
    are documents; a .txt file (or all of stdin) is one document, read in line-aligned pieces.
-   A folder is read file by file in sorted path order.
+   A folder is read file by file: each directory's files in sorted order, then its
+   subdirectories in sorted order.
 2. Each document is tokenized without special tokens and followed by the tokenizer's EOS
    token (GPT-2's ``<|endoftext|>``), which separates documents in one long token stream.
 3. The stream is cut into contexts of ``context_size`` tokens. With BOS (the default when the

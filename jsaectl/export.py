@@ -37,6 +37,7 @@ import torch
 from jsaectl import __version__
 from jsaectl import store as st
 from jsaectl.configs import CONNECTION_FORMATS, WEIGHT_FORMATS, ExportConfig
+from jsaectl.connections import COLUMNS
 from jsaectl.errors import ConfigError, StoreError
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.acts import Activations, bos_skipped
@@ -45,8 +46,8 @@ from jsaectl.trained import load_jsae
 from jsaectl.sae import TopKSAE
 
 
-CONNECTION_COLUMNS = ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean", "input_label", "output_label")
-_NUMERIC = CONNECTION_COLUMNS[:7]
+# The jacobian store's columns (connections.COLUMNS), then the two latents' labels.
+CONNECTION_COLUMNS = (*COLUMNS, "input_label", "output_label")
 
 # sae-lens reads a cfg.json whose metadata names no sae_lens_version >= 6 through its
 # pre-6.0 converter (which renames and drops keys); this marks the file as v6 format.
@@ -439,11 +440,11 @@ def connection_rows(store: st.Store, top: int | None, reporter: Reporter = SILEN
     reporter.start("export", total, "connections")
     for lo in range(0, total, _ROWS_PER_BLOCK):
         hi = min(total, lo + _ROWS_PER_BLOCK)
-        cols = {name: conn[name][lo:hi] for name in _NUMERIC}
+        cols = {name: conn[name][lo:hi] for name in COLUMNS}
         for name in ("strength", "mean_abs", "max_abs", "mean"):
             st.check_finite(cols[name], f"{store.url}: connections/{name} rows {lo:,}–{hi:,}")
         for i in range(hi - lo):
-            row = {name: _short(cols[name][i]) for name in _NUMERIC}
+            row = {name: _short(cols[name][i]) for name in COLUMNS}
             row["input_label"] = str(in_labels[row["input"]])
             row["output_label"] = str(out_labels[row["output"]])
             yield row

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -52,9 +52,7 @@ class HarvestResult:
     d_model: int
     tokens_per_second: float
     complete: bool
-    resumed: bool = False
     already_complete: bool = False
-    details: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"store": self.store, "n_tokens": self.n_tokens, "d_model": self.d_model,
@@ -168,7 +166,8 @@ def _create_arrays(store: st.Store, cfg: HarvestConfig, layout: _Layout, d_model
 
 
 def _write_mlp_and_vocab(store: st.Store, site: Any, tokenizer: Any) -> None:
-    """Small arrays, written whole before the progress array exists (see ``harvest``)."""
+    """Small arrays, written whole (see ``_prepare``: before the progress array, or again when
+    `jsaectl verify --repair` removed one)."""
     g = store.group
     write_mlp(store, site.weights, module=site.description)
     ids = [[i] for i in range(len(tokenizer))]
@@ -179,7 +178,7 @@ def _write_mlp_and_vocab(store: st.Store, site: Any, tokenizer: Any) -> None:
     st.write_array(vb, "offsets", offsets)
 
 
-def _finalize(store: st.Store, cfg: HarvestConfig, layout: _Layout, extra: dict[str, Any]) -> int | None:
+def _finalize(store: st.Store, layout: _Layout, extra: dict[str, Any]) -> int | None:
     """If every chunk is accounted for, trim to the tokens actually written and mark the store
     complete. Returns the final token count, or None while other shards are still working."""
     counts = store.group["progress/chunk_contexts"][...]
@@ -267,7 +266,7 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
         written = _run_chunks(cfg, store, layout, tap, device, [first], chunks, set(todo), reporter)
         elapsed = time.perf_counter() - started
         tap.close()
-        n_final = _finalize(store, cfg, layout, extra)
+        n_final = _finalize(store, layout, extra)
     i, n = cfg.shard
     if n_final is None:
         reporter.note(f"shard {i}/{n} finished; the store completes when every shard has")
@@ -276,7 +275,7 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
         if cfg.out is None:  # a default name says how many tokens the store holds
             url = _rename(url, n_final)
     return HarvestResult(url, n_final if n_final is not None else written, d_model,
-                         written / elapsed if elapsed > 0 and written else 0.0, n_final is not None, resumed=resumed)
+                         written / elapsed if elapsed > 0 and written else 0.0, n_final is not None)
 
 
 def _prepare(store: st.Store, cfg: HarvestConfig, loaded: LoadedModel, site: MLPSite, layout: _Layout, rel_err: float,

@@ -66,7 +66,7 @@ class JacobianResult:
 class _PairAccumulator:
     """Exact sums per (input, output) latent pair, keyed by ``input * n + output``, in bounded
     memory: when more than ``max_pairs`` distinct pairs are held, they are spilled to disk in
-    ``partitions`` key-hash partitions, each reduced on its own at the end."""
+    ``PARTITIONS`` key-hash partitions, each reduced on its own at the end."""
 
     PARTITIONS = 64
 
@@ -277,7 +277,7 @@ def _labels(tops: TopExamples, acts: Any) -> np.ndarray:
 
 
 def _read_tokens(acts: Any, rows: np.ndarray) -> np.ndarray:
-    """Token ids at sorted row numbers, reading each needed chunk of the tokens array once."""
+    """Token ids at sorted row numbers, reading each needed reader chunk (``rows_per_chunk`` rows) once."""
     arr = acts.store.group["tokens"]
     out = np.empty(len(rows), dtype=np.int64)
     size = acts.rows_per_chunk

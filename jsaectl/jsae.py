@@ -1,9 +1,9 @@
 """The JSAE: both SAEs and the MLP between them, and the closed-form Jacobian of
 ``f_s = e_y ∘ f ∘ d_x``, the map from input-SAE latents to output-SAE latents.
 
-``JSAE.forward`` is the one place a JSAE is run: training (with the penalty's gradient),
-every analysis (jacobian, maxact, linearity, compare) and the tests call it, and it alone
-decides where the Jacobian is evaluated (``at``):
+The JSAE alone decides where the Jacobian is evaluated (``at``; ``JSAE.evaluation_point``,
+used by ``forward`` and ``entries``). Training (with the penalty's gradient) and every analysis
+(jacobian, maxact, linearity, compare, report, trace, contrast) run it through these:
 
 * ``"x"`` (default; the reference code's training): the MLP's slopes at the true input x, and
   the output SAE's active latents those of y = f(x) (or of the stored y);

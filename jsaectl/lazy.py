@@ -10,7 +10,7 @@ identifies the model, but no x. A reader (:class:`StoreModel`) loads the model, 
 MLP input as harvest does (the forward pass stops there), on the reader's own device, one
 chunk at a time with harvest's own batch composition: on the CPU, x is then bit-identical to
 what a stored float32 harvest writes (tested). On CUDA the chunk is computed on a side stream
-by the reader's look-ahead thread, while the training step runs.
+by the reader threads, while the training step runs.
 
 A lazy store cannot silently change meaning. It records
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -129,7 +128,6 @@ class StoreModel:
         self._lock = threading.Lock()  # one forward at a time: the tap holds what its hooks saw
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self.seconds = 0.0  # spent computing x (the share of a run's time it costs)
         self.bit_identical = self._check()
 
     # --- loading and checking
@@ -153,7 +151,7 @@ class StoreModel:
         name = self.info.get("model_path") or self.acts.meta["config"]["model"]
         kind = "a lazy store" if self.info else "an activations store"
         return StoreError(f"{self.acts.url} is {kind}, and the model {name} {what}: x computed with it would not be "
-                          "the store's", hint="load the revision and weights it was harvested with (--revision), or "
+                          "the store's", hint="make that name load the revision and weights the store was harvested with, or "
                           "harvest again (with --overwrite)")
 
     def _check(self) -> bool:
@@ -230,7 +228,6 @@ class StoreModel:
             if c in self._cache:
                 self._cache.move_to_end(c)
                 return self._cache[c]
-        began = time.perf_counter()
         lo, hi = self.acts.chunk_range(c)
         T = self.acts.context_size
         ids = torch.from_numpy(self.acts.tokens(lo, hi).astype(np.int64)).reshape(-1, T)
@@ -238,7 +235,6 @@ class StoreModel:
         parts = [self.forward(ids[b : b + per]).float().reshape(-1, self.acts.d_model).cpu().numpy()
                  for b in range(0, len(ids), per)]
         x = np.concatenate(parts)
-        self.seconds += time.perf_counter() - began
         with self._lock:
             self._cache[c] = x
             while sum(v.nbytes for v in self._cache.values()) > CACHE_BYTES and len(self._cache) > 1:
@@ -253,6 +249,3 @@ class StoreModel:
             start = c * size
             parts.append(self.chunk(c)[max(lo, start) - start : min(hi, start + size) - start])
         return np.concatenate(parts) if parts else np.zeros((0, self.acts.d_model), dtype=np.float32)
-
-    def close(self) -> None:
-        self.tap.close()

@@ -153,7 +153,7 @@ def live_holder(url: str, local: bool, shard: tuple[int, int] | None = None) -> 
 
 @dataclass
 class StoreLock:
-    """A held lock; ``release()`` (or leaving its ``with`` block) gives it back."""
+    """A held lock; ``release()`` gives it back."""
 
     url: str
     local: bool
@@ -168,12 +168,6 @@ class StoreLock:
                 return
             del _HELD[key]
         self._files.remove(self.name)
-
-    def __enter__(self) -> StoreLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def acquire(url: str, local: bool, shard: tuple[int, int] | None = None) -> StoreLock:

@@ -1,6 +1,6 @@
 """Max-activating examples: the contexts where a latent (or a connection) is strongest.
 
-One streaming pass over the activations store encodes every token with the SAE pair and
+One streaming pass over the activations store encodes every token with the SAE in question (both, for a connection) and
 keeps the top examples per tracked latent (``topk.TopExamples``: memory is latents ×
 examples, never the store). Then the text around each example is rebuilt from the store's
 tokens and vocab, with the latent's activation at every neighbouring token.
@@ -13,8 +13,9 @@ tokens and vocab, with the latent's activation at every neighbouring token.
 Given a jacobian store, maxact answers from the examples it holds (each latent's strongest
 activations, and the strongest tokens by |J| of its strongest connections, over the tokens it
 analysed): no scan. It scans the activations only when asked for what the store does not hold
-(more examples, another --acts or --tokens, a connection it keeps none for, --rank-by product)
-and says which it did (``MaxactResult.source``).
+(more examples, another --acts or --tokens, a different --include-bos, a connection it keeps none for,
+--rank-by product, an older store without the totals --top-latents ranks by) and says which it did
+(``MaxactResult.source``).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def maxact(cfg: MaxactConfig, reporter: Reporter = SILENT) -> MaxactResult:
     given = st.open_store(cfg.jsae, ("jsae", "jacobian"))
     model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
     cfg.check_latents(model.n_latents)
-    why = _why_scan(given, cfg, model)
+    why = _why_scan(given, cfg)
     if why is None:
         result = _from_store(given, cfg, model)
         result.source = f"{given.url}, which keeps them (from the {given.meta['n_tokens']:,} tokens it analysed)"
@@ -128,7 +129,7 @@ def maxact(cfg: MaxactConfig, reporter: Reporter = SILENT) -> MaxactResult:
     return result
 
 
-def _why_scan(given: st.Store, cfg: MaxactConfig, model: LoadedJSAE) -> str | None:
+def _why_scan(given: st.Store, cfg: MaxactConfig) -> str | None:
     """Why the activations must be scanned ("" for a jsae store), or None when the jacobian
     store ``given`` holds the answer."""
     if given.kind != "jacobian":

@@ -108,7 +108,7 @@ def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
         return loader.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load the {what} {name!r}: {_first_line(e)}",
-                         hint="check the model id and --revision (private models need `hf auth login`)") from e
+                         hint="check the model id and revision (private models need `hf auth login`)") from e
 
 
 @dataclass
@@ -156,7 +156,7 @@ def load_model(
                 _transformer_lens_init(model, seed)
     except ValueError as e:  # an architecture AutoModelForCausalLM does not know
         raise ModelError(f"{name} is not a causal LM that transformers can load: {_first_line(e)}",
-                         hint="pass --trust-remote-code if the model ships its own code and you trust it") from e
+                         hint="harvest with --trust-remote-code if the model ships its own code and you trust it") from e
     model.eval().requires_grad_(False).to(device)
     provenance = {
         "name": name,

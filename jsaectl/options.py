@@ -93,7 +93,6 @@ class Meta:
     argument: bool = False
     required: bool = False
     negatable: bool | None = None
-    cli: bool = True
     reads: bool = False
     """The value names a store the command reads (and follows: see store.lineage)."""
     stdin: Literal["line", "lines"] | None = None
@@ -102,7 +101,7 @@ class Meta:
 
 def option(default: Any = dataclasses.MISSING, *, help: str, short: str | None = None, identity: bool = True,
            kind: str | None = None, flag: str | None = None, argument: bool = False, required: bool = False,
-           negatable: bool | None = None, cli: bool = True, reads: bool = False,
+           negatable: bool | None = None, reads: bool = False,
            stdin: Literal["line", "lines"] | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
     """A config field that is also a command-line option.
 
@@ -111,12 +110,12 @@ def option(default: Any = dataclasses.MISSING, *, help: str, short: str | None =
     pass, --out …). ``kind``: how the text is parsed (see KINDS; None: by its type). ``flag``:
     the option's name when not ``--field-name``. ``argument``: positional. ``required``: the
     command line must give it (the default then only means "not given"). ``negatable``: a
-    boolean with a ``--no-`` form (default: when True by default or None). ``cli``: False for
-    fields only the library sets. ``reads``: it names a store the command reads. ``stdin``: an
+    boolean with a ``--no-`` form (default: when True by default or None). ``reads``: it names a
+    store the command reads. ``stdin``: an
     argument read from stdin when missing (``reads`` too)."""
     if kind is not None and kind not in KINDS:
         raise ValueError(kind)
-    meta = Meta(" ".join(help.split()), short, identity, kind, flag, argument, required, negatable, cli,
+    meta = Meta(" ".join(help.split()), short, identity, kind, flag, argument, required, negatable,
                 reads or stdin is not None, stdin)
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"jsaectl": meta})
 

@@ -120,6 +120,6 @@ class TopKSAE(nn.Module):
 
     @torch.no_grad()
     def encode_dense(self, x: Tensor) -> Tensor:
-        """``[B, n]`` latent activations with zeros off the top k (for checks and exports)."""
+        """``[B, n]`` latent activations with zeros off the top k (for checks: the tests compare with it)."""
         code = self.encode(x)
         return torch.zeros(x.shape[0], self.n_latents, dtype=x.dtype, device=x.device).scatter_(1, code.indices, code.values)

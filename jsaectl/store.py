@@ -39,7 +39,6 @@ from jsaectl.errors import JsaectlWarning, StoreError
 
 FORMAT = 2
 READABLE_FORMATS = (1, 2)
-KINDS = ("activations", "jsae", "jacobian")
 # Chunks along the token axis are at least this large (zarr's own advice: >= 1 MB).
 MIN_CHUNK_BYTES = 1 << 20
 
@@ -171,14 +170,6 @@ class Store:
     @property
     def kind(self) -> str:
         return self.meta["kind"]
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.meta["config"]
-
-    @property
-    def format(self) -> int:
-        return int(self.meta.get("format", FORMAT))
 
     def update_meta(self, **fields: Any) -> None:
         self.meta.update(fields)

@@ -44,7 +44,7 @@ class Entry:
 @dataclass
 class TokenTrace:
     position: int
-    """Index of the token in the text (BOS tokens not counted)."""
+    """Index of the token in the text (BOS tokens not counted, unless --include-bos)."""
     token: str
     inputs: list[Latent]
     """Its active input latents, strongest first (the top ones; ``active_in`` has them all)."""

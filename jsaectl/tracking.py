@@ -59,7 +59,7 @@ TRAINING_GOES_ON = "training goes on, the store's history keeps every metric"
 METRIC_NAMES: dict[str, str] = {
     "tokens": "details/n_training_tokens",
     "lr": "details/current_learning_rate",
-    "lam": "details/current_jacobian_coefficient",  # λ after warm-up
+    "lam": "details/current_jacobian_coefficient",  # λ at that step (ramped during warm-up)
     "loss": "losses/overall_loss",
     "mse_in": "losses/mse_loss",  # mean over elements
     "mse_out": "losses/mse_loss2",

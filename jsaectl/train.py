@@ -1,6 +1,6 @@
 """Stage 2: train a JSAE (a TopK SAE pair with a Jacobian L1 penalty) on an activations store.
 
-Loss per batch (jsae-method.md §2):
+Loss per batch (docs/method.md):
 
     L = MSE(x, x̂) + MSE(y, ŷ) + λ_t · mean_b (1/k²) Σ_ij |J_b[i, j]|   (+ α · AuxK, optional)
 
@@ -19,7 +19,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -48,8 +48,6 @@ class TrainResult:
     tokens_per_second: float
     metrics: dict[str, float]
     steps: int
-    already_complete: bool = False
-    details: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"store": self.store, "tokens_per_second": round(self.tokens_per_second, 1), "steps": self.steps,
@@ -393,7 +391,7 @@ def train(cfg: TrainConfig, reporter: Reporter = SILENT) -> TrainResult:
     if existing is not None and existing.get("complete"):
         reporter.note(f"{url} is already trained; nothing to do")
         return TrainResult(url, existing.get("tokens_per_second", 0.0), existing.get("final_metrics", {}),
-                           existing.get("n_steps", 0), already_complete=True)
+                           existing.get("n_steps", 0))
     _barrier(dist)  # every process has looked before rank 0 creates anything
     writing = st.writing(url, "jsae", identity(cfg), overwrite=cfg.overwrite, reads=[acts.url]) if dist.main \
         else contextlib.nullcontext((None, False))

@@ -1,5 +1,5 @@
 """A trained JSAE and its stores: load and save its weights, and run it over an activations
-store for the analyses (jacobian, maxact, linearity, compare)."""
+store for the analyses (jacobian, maxact, linearity, compare, report, trace, contrast)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def site_of(meta: dict[str, Any]) -> tuple:
 
 
 def describe_site(meta: dict[str, Any]) -> str:
-    """``site_of`` for people: `EleutherAI/pythia-70m@v0 layer 3 (random init, seed 0)`."""
+    """``site_of`` for people: `EleutherAI/pythia-70m@v0 layer 3 (random init tl, seed 0)`."""
     model = meta.get("model") or {}
     revision = f"@{model['revision']}" if model.get("revision") else ""
     random = f" (random init {model.get('init_scheme') or 'hf'}, seed {model.get('seed')})" if model.get("random_init") else ""

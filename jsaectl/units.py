@@ -14,7 +14,7 @@ _COUNT = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([kmbgt]?)\s
 def parse_count(text: str | int, what: str = "count") -> int:
     """``"2M"`` -> 2_000_000, ``"500k"`` -> 500_000, ``"1.5e6"`` -> 1_500_000.
 
-    Suffixes are decimal (k = 1e3, M = 1e6, B/G = 1e9) and case-insensitive.
+    Suffixes are decimal (k = 1e3, M = 1e6, B/G = 1e9, T = 1e12) and case-insensitive.
     """
     if isinstance(text, int):
         value = text

@@ -232,7 +232,8 @@ def _shape_problems(meta: dict[str, Any], arrays: dict[str, zarr.Array], group: 
 def repair(url: str, report: Report, reporter: Reporter = SILENT) -> Any:
     """Re-harvest the chunks ``report`` found damaged in an activations store, and rewrite
     damaged small arrays (MLP weights, vocabulary), so the store ends as a clean run would."""
-    from jsaectl.harvest import HarvestConfig, harvest
+    from jsaectl.configs import HarvestConfig
+    from jsaectl.harvest import harvest
 
     if report.kind != "activations":
         raise ConfigError(f"--repair mends activations stores only, and {url} is a {report.kind} store",

@@ -317,7 +317,7 @@ def test_sigterm_while_jacobian_spills(stores, tmp_path):
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM and stdout == ""
-    assert one_error(stderr) == "jsaectl: interrupted (SIGTERM) — run the same command again to resume"
+    assert one_error(stderr) == "jsaectl: interrupted (SIGTERM) — run the same command again (the analysis starts over)"
     assert not spill.exists() and not (out / ".jsaectl.lock").exists()
     assert zarr.open_group(str(out), mode="r").attrs["jsaectl"]["complete"] is False
     # A stale spill folder from a SIGKILLed run is removed by the re-run, which completes.

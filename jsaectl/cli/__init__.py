@@ -52,7 +52,7 @@ class _PipeClosed(BaseException):
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 _RESUME = {"train": "run the same command with --resume to continue",
-           "harvest": "run the same command again to resume", "jacobian": "run the same command again to resume"}
+           "harvest": "run the same command again to resume", "jacobian": "run the same command again (the analysis starts over)"}
 
 
 @contextlib.contextmanager

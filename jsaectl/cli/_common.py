@@ -53,7 +53,7 @@ err = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def out_console(**kwargs: Any) -> Console:
-    """The console for results that go to stdout (maxact, compare)."""
+    """The console for results that go to stdout (the commands that write no store)."""
     return _Console(highlight=False, **kwargs)
 
 

@@ -34,7 +34,7 @@ CONFIG_HELP = ("YAML file of option values (keys are option names, e.g. `tokens:
 
 
 def cli_fields(cls: type) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if opts.meta(f).cli]
+    return list(dataclasses.fields(cls))
 
 
 def cli_default(f: dataclasses.Field) -> Any:

@@ -90,7 +90,8 @@ def csv_keys(results, cfg) -> list[str]:
     return [k for k in ordered if any(k in r.values for r in results)] + rest
 
 
-def plot(results, path: str) -> None:
+def _pyplot():
+    """matplotlib's pyplot (drawing to files), or one line saying how to install it."""
     try:
         import matplotlib
 
@@ -98,6 +99,11 @@ def plot(results, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise JsaectlError("--plot needs matplotlib, which is not installed", hint="pip install 'jsaectl[plot]'") from None
+    return plt
+
+
+def plot(results, path: str) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for side, marker in (("out", "o"), ("in", "s")):
         xs = [r.values.get(f"ce_score_{side}", math.nan) for r in results]
@@ -126,10 +132,7 @@ def compare_cmd(cfg: CompareConfig, out: Outputs) -> None:
     if plot_path:
         if 0.01 not in cfg.thresholds:  # the plot's y axis is the paper's |J| > 0.01
             cfg = replace(cfg, thresholds=tuple(sorted((*cfg.thresholds, 0.01))))
-        try:  # fail before minutes of work, not after
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise JsaectlError("--plot needs matplotlib, which is not installed", hint="pip install 'jsaectl[plot]'") from None
+        _pyplot()  # fail before minutes of work, not after
     results, notes = compare(cfg, RichReporter())
     for note in notes:
         err.print(f"[yellow]note:[/] {note}")
@@ -149,5 +152,4 @@ def compare_cmd(cfg: CompareConfig, out: Outputs) -> None:
             writer.writerow([r.store, r.name, r.info["lam"], r.info["k"], r.info["model"], r.info["layer"], r.info["random_init"],
                              run, *[r.values.get(k, "") for k in keys]])
     else:
-        # Piped, rich would squeeze the table into 80 columns; it only takes the width it needs.
-        out_console(width=None if sys.stdout.isatty() else 240).print(table(results, cfg))
+        out_console().print(table(results, cfg))

@@ -1,6 +1,6 @@
 """Query the connections a jacobian store holds, without recomputing anything: what does input latent I compute (--input-latent I), what computes output latent O (--output-latent O), the strongest overall, at least so strong (--min-strength), in another order (--sort).
 
-STORE is the jacobian store printed by `jsaectl jacobian` (or read from stdin). The table goes to stdout (--json or --csv for scripts); reads only what the answer needs, through the store's per-latent index, so it answers at once however many pairs the store holds.
+STORE is the jacobian store printed by `jsaectl jacobian` (or read from stdin). The table goes to stdout (--json or --csv for scripts); reads only what the answer needs, through the store's per-latent index, so a latent's connections, and the strongest ones, come at once however many pairs the store holds.
 """
 
 from __future__ import annotations
@@ -36,4 +36,4 @@ def connections_cmd(cfg: ConnectionsConfig, out: Outputs) -> None:
         title = connections_title(len(found), cfg.input_latent, cfg.output_latent)
         if cfg.sort != "strength":
             title += f", by {cfg.sort}"
-        out_console(width=None if sys.stdout.isatty() else 240).print(connections_table(found, title))
+        out_console().print(connections_table(found, title))

@@ -1,7 +1,7 @@
 """Show the contexts where latents (or a connection) of a JSAE are most active.
 
-JSAE is the store printed by `jsaectl train` (or read from stdin). Give one of --latent,
---connection or --top-latents. Each example shows the text around the token, the token in
+JSAE is a jsae store, or a jacobian store made from it, answered from the examples it keeps
+without a scan (read from stdin when missing). Give one of --latent, --connection or --top-latents. Each example shows the text around the token, the token in
 bold, every token shaded by the latent's activation there, and the values beside.
 
 maxact writes no store: its result goes to stdout (plain text when piped; --json for scripts).

@@ -1,5 +1,5 @@
 """The tables and charts that several commands print, rendered in one place: the sparsity
-summary, the |J| histogram and the connections table (jacobian, connections, trace)."""
+summary, the |J| histogram and the connections table (jacobian, connections)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def _text_on_stdin(ctx: typer.Context, given: dict[str, Any]) -> Any:
     return None
 
 
-def _latents(items: list, side: str) -> Text:
+def _latents(items: list) -> Text:
     text = Text()
     for x in items:
         label = x.label if len(x.label) <= LABEL else x.label[: LABEL - 1] + "…"
@@ -44,7 +44,7 @@ def tokens_table(result) -> Table:
         table.add_column(name, justify=justify, overflow="fold")
     for t in result.tokens:
         entries = Text("\n".join(f"{e.input} → {e.output} {e.J:+.3g}" for e in t.entries))
-        table.add_row(str(t.position), Text(repr(t.token)), _latents(t.inputs, "in"), _latents(t.outputs, "out"), entries)
+        table.add_row(str(t.position), Text(repr(t.token)), _latents(t.inputs), _latents(t.outputs), entries)
     return table
 
 
