@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,12 @@ def kill_at_first_checkpoint(args: list[str], out: Path, env: dict[str, str] | N
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def pipeline(*stages: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``jsaectl STAGE | jsaectl STAGE | ...`` through a real shell pipe."""
+    cmd = " | ".join(f"{sys.executable} -m jsaectl {stage}" for stage in stages)
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout)
 
 
 def write_corpus(path: Path) -> Path:

@@ -16,6 +16,7 @@ import zarr
 from typer.testing import CliRunner
 
 from jsaectl.cli import app
+from conftest import pipeline
 
 runner = CliRunner()
 
@@ -174,9 +175,7 @@ def test_existing_store_with_another_config_is_refused_and_untouched(gpt2_dir, c
 
 
 def test_pipe_yields_exactly_one_line(gpt2_dir, corpus, tmp_path):
-    cmd = (f"{sys.executable} -m jsaectl harvest {gpt2_dir} --layer 1 --dataset {corpus} --tokens 3k -T 32 "
-           f"--out {tmp_path / 'p.zarr'} | cat")
-    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=300)
+    proc = pipeline(f"harvest {gpt2_dir} --layer 1 --dataset {corpus} --tokens 3k -T 32 --out {tmp_path / 'p.zarr'}")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [str(tmp_path / "p.zarr")]
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import defaultdict
 
 import numpy as np
@@ -17,6 +15,7 @@ from jsaectl.cli import app
 from jsaectl.jacobian import JacobianConfig, jacobian
 from jsaectl.maxact import MaxactConfig, maxact
 from jsaectl.trained import LoadedJSAE
+from conftest import pipeline
 
 runner = CliRunner()
 N = 3000
@@ -195,20 +194,15 @@ def test_jacobian_on_held_out_acts_with_custom_thresholds(jsae_store, gpt2_dir, 
 
 
 def test_pipeline_ends_with_the_table_on_stderr(gpt2_dir, corpus, tmp_path):
-    py = sys.executable
-    cmd = (f"{py} -m jsaectl harvest {gpt2_dir} -l 1 -d {corpus} -n 20k -T 32 -o {tmp_path}/a.zarr"
-           f" | {py} -m jsaectl train -e 4 -k 4 -b 256 -o {tmp_path}/j.zarr"
-           f" | {py} -m jsaectl jacobian --top 5 -o {tmp_path}/c.zarr")
-    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600)
+    proc = pipeline(f"harvest {gpt2_dir} -l 1 -d {corpus} -n 20k -T 32 -o {tmp_path}/a.zarr",
+                    f"train -e 4 -k 4 -b 256 -o {tmp_path}/j.zarr", f"jacobian --top 5 -o {tmp_path}/c.zarr", timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"{tmp_path}/c.zarr"]
     assert "top 5 connections" in proc.stderr and "Jacobian sparsity" in proc.stderr
 
 
 def test_a_failing_stage_stops_the_pipe(tmp_path):
-    py = sys.executable
-    proc = subprocess.run(f"{py} -m jsaectl train {tmp_path}/missing.zarr | {py} -m jsaectl jacobian", shell=True,
-                          capture_output=True, text=True, timeout=120)
+    proc = pipeline(f"train {tmp_path}/missing.zarr", "jacobian", timeout=120)
     assert proc.returncode == 1 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert "no store at" in lines[0] and "no store arrived on stdin" in lines[1]

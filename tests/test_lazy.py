@@ -22,7 +22,7 @@ import zarr
 from typer.testing import CliRunner
 
 from jsaectl.acts import Activations
-from conftest import digest, kill_at_first_checkpoint
+from conftest import digest, kill_at_first_checkpoint, pipeline
 from jsaectl.cli import app
 from jsaectl.harvest import HarvestConfig, harvest
 from jsaectl.jacobian import JacobianConfig, jacobian
@@ -121,11 +121,9 @@ def test_two_processes_compute_their_own_lanes_and_match_one(lazy_acts_store, tm
 
 
 def test_the_pipe_is_the_same(gpt2_dir, corpus, tmp_path):
-    py = sys.executable
-    cmd = (f"{py} -m jsaectl harvest {gpt2_dir} -l 1 -d {corpus} -n 8k -T 32 --lazy -o {tmp_path}/a.zarr"
-           f" | {py} -m jsaectl train {' '.join(SMALL)} --tokens 4k -o {tmp_path}/j.zarr"
-           f" | {py} -m jsaectl jacobian -n 2k -o {tmp_path}/jac.zarr")
-    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=300)
+    proc = pipeline(f"harvest {gpt2_dir} -l 1 -d {corpus} -n 8k -T 32 --lazy -o {tmp_path}/a.zarr",
+                    f"train {' '.join(SMALL)} --tokens 4k -o {tmp_path}/j.zarr",
+                    f"jacobian -n 2k -o {tmp_path}/jac.zarr")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"{tmp_path}/jac.zarr"
 
