@@ -262,5 +262,5 @@ def compare(cfg: CompareConfig, reporter: Reporter = SILENT) -> tuple[list[RunMe
         reporter.advance(1)
     reporter.finish()
     if cfg.wandb:
-        tracking.log_compare(cfg.wandb, results, reporter)
+        tracking.log_compare(cfg.wandb, results, [run.store for run in runs], reporter)
     return results, notes

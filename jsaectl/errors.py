@@ -15,6 +15,13 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message as part of a one-line error: its first line (cut to ``limit``
+    characters), or its type's name when it says nothing."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else type(e).__name__
+
+
 class JsaectlError(Exception):
     """An error the user can act on: what went wrong, and what to do next."""
 

@@ -149,16 +149,16 @@ def jacobian(cfg: JacobianConfig, reporter: Reporter = SILENT) -> JacobianResult
     existing = st.check_writable(url, "jacobian", identity(cfg), overwrite=cfg.overwrite, reads=reads)
     if existing is not None and existing.get("complete"):
         reporter.note(f"{url} is already complete; showing it")
-        return _logged(cfg, load_result(url, cfg.top), reporter)
+        return _logged(cfg, load_result(url, cfg.top), model.store, reporter)
     with st.writing(url, "jacobian", identity(cfg), overwrite=cfg.overwrite, reads=reads) as (store, _):
         _analyse(cfg, model, scanned, store, reporter)
-    return _logged(cfg, load_result(url, cfg.top), reporter)
+    return _logged(cfg, load_result(url, cfg.top), model.store, reporter)
 
 
-def _logged(cfg: JacobianConfig, result: JacobianResult, reporter: Reporter) -> JacobianResult:
-    """``result``, added to the JSAE's W&B run first when --wandb asks for it."""
+def _logged(cfg: JacobianConfig, result: JacobianResult, jsae: st.Store, reporter: Reporter) -> JacobianResult:
+    """``result``, added to the W&B run of its JSAE (store ``jsae``) first when --wandb asks for it."""
     if cfg.wandb:
-        tracking.log_jacobian(cfg.wandb, result, reporter)
+        tracking.log_jacobian(cfg.wandb, result, jsae, reporter)
     return result
 
 

@@ -29,8 +29,8 @@ so ``log`` returns at once and never waits on the network. If W&B fails (no API 
 unreachable, quota), that is one warning and logging stops; training goes on and the store's
 history keeps every metric. ``finish`` waits a bounded time. Without network, W&B's own
 offline mode (``WANDB_MODE=offline``) writes the run to disk for ``wandb sync`` later.
-wandb's own console lines are silenced (``WANDB_SILENT``, unless set) and it never captures the
-console: stderr keeps jsaectl's one-line conventions and stdout only the next stage's input.
+wandb's own console lines are silenced (``WANDB_SILENT=true`` unless the user set it) and it
+never captures the console: stderr keeps jsaectl's one-line conventions and stdout only the next stage's input.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from jsaectl.errors import JsaectlError, JsaectlWarning
+from jsaectl.errors import JsaectlError, JsaectlWarning, first_line
 from jsaectl.progress import Reporter
 
 INSTALL_HINT = 'pip install "jsaectl[wandb]"'
@@ -158,22 +158,25 @@ class Tracker:
     the thread, not the caller. The failure is said once (a :class:`JsaectlWarning`, from the
     caller's thread at its next call) and later calls do nothing."""
 
-    def __init__(self, init: dict[str, Any], record: dict[str, Any], config: dict[str, Any] | None = None,
-                 goes_on: str = TRAINING_GOES_ON, after_step: int = 0) -> None:
-        self.record = dict(record)  # id, url, project, entity, name: what a store keeps
+    def __init__(self, record: dict[str, Any], config: dict[str, Any] | None = None, goes_on: str = TRAINING_GOES_ON,
+                 after_step: int = 0, **init: Any) -> None:
+        """``record``: the run (id, url, project, entity, name: what a store keeps); ``init``:
+        wandb.init's other arguments (name, tags, job_type)."""
+        self.record = dict(record)
         self._after_step = after_step  # tables go after this step (a training run's last, known offline too)
         self.error: str | None = None
         self.offline: bool | None = None
         self.sync_dir: str | None = None
         self._goes_on, self._warned, self._finished = goes_on, False, False
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        init = {**init, "reinit": "create_new"}  # this run only, never a caller's own wandb.run
+        init = {"project": record["project"], "entity": record.get("entity"), "id": record["id"], "resume": "allow",
+                "reinit": "create_new", **init}  # create_new: this run only, never a caller's own wandb.run
         self._thread = threading.Thread(target=self._work, args=(init, config), name="jsaectl-wandb", daemon=True)
         self._thread.start()
 
     # --- the caller's side: never blocks but in finish
 
-    def log(self, values: dict[str, Any], step: int | None = None) -> None:
+    def log(self, values: dict[str, Any], step: int) -> None:
         if not self._stopped():
             self._queue.put(("log", values, step))
 
@@ -212,13 +215,13 @@ class Tracker:
         run = None
         try:
             wandb = require()
-            run = wandb.init(settings=wandb.Settings(silent=True, console="off"), **init)
+            run = wandb.init(settings=wandb.Settings(console="off"), **init)  # silent: WANDB_SILENT (require)
             if config:
                 run.config.update(config, allow_val_change=True)  # a resumed run may have an older one
             self._started(run)
             self._serve(run, wandb)
         except BaseException as e:  # noqa: BLE001  (W&B failing must never stop the command)
-            self.error = _first_line(e)
+            self.error = first_line(e).rstrip(".")
             with contextlib.suppress(BaseException):
                 if run is not None:
                     run.finish(exit_code=1)
@@ -238,7 +241,7 @@ class Tracker:
             if op == "finish":
                 run.finish(exit_code=args[0])
                 return
-            if op == "log" and (args[1] is None or args[1] >= first):
+            if op == "log" and args[1] >= first:
                 run.log(args[0], step=args[1], commit=True)  # now: else W&B holds the row until the next step
             elif op == "summary":
                 run.summary.update(args[0])
@@ -246,9 +249,6 @@ class Tracker:
                 run.log({args[0]: wandb.Table(columns=args[1], data=args[2])}, step=max(table_step, run.step), commit=True)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(e).__name__
 
 
 def said_where(tracker: Tracker, reporter: Reporter) -> None:
@@ -285,26 +285,23 @@ def start_training(cfg: Any, store: Any, reporter: Reporter) -> Tracker:
               "entity": cfg.wandb_entity or old.get("entity"),
               "name": cfg.wandb_name or old.get("name") or st.stem(store.url, "jsae")}
     store.update_meta(wandb=record)
-    init = {"project": record["project"], "entity": record["entity"], "id": record["id"], "name": record["name"],
-            "tags": split_tags(cfg.wandb_tags) or None, "job_type": "train", "resume": "allow"}
     reporter.note(f"{'continuing' if same else 'logging to'} W&B run {record['project']}/{record['id']}")
-    tracker = Tracker(init, record, config=run_config(store.meta, store.url))
-    for row in _kept_history(store):  # steps W&B already has are dropped (see Tracker._serve)
-        tracker.log(metrics(row, int(store.meta["n_latents"])), step=int(row[STEP]))
-    return tracker
+    return Tracker(record, config=run_config(store.meta, store.url), name=record["name"],
+                   tags=split_tags(cfg.wandb_tags) or None, job_type="train")
 
 
-def _kept_history(store: Any) -> list[dict[str, float]]:
-    """The rows a resumed store's history/ keeps (those up to its checkpoint): logged again, so
-    that the W&B run is whole even where the killed process's last records never left it (an
-    offline run killed with SIGKILL loses its unflushed records)."""
-    upto = store.meta.get("checkpoint_step")
-    if not upto or "history" not in store.group or STEP not in store.group["history"]:
-        return []
-    g = store.group["history"]
+def replay(tracker: Tracker, store: Any) -> None:
+    """Log again every row of a resumed store's history/ (train has cut it back to the
+    checkpoint), so that the W&B run is whole even where the killed process's last records never
+    left it (an offline run killed with SIGKILL loses its unflushed records). Steps W&B already
+    has are dropped (see Tracker._serve)."""
+    g = store.group.get("history")
+    if g is None or STEP not in g:
+        return
     columns = {key: g[key][...] for key in (STEP, *METRIC_NAMES) if key in g}
-    rows = [{key: float(values[i]) for key, values in columns.items()} for i in range(len(columns[STEP]))]
-    return [row for row in rows if row[STEP] <= upto]
+    for i in range(len(columns[STEP])):
+        row = {key: float(values[i]) for key, values in columns.items()}
+        tracker.log(metrics(row, int(store.meta["n_latents"])), step=int(row[STEP]))
 
 
 @contextlib.contextmanager
@@ -344,14 +341,12 @@ def analysis_run(project: str, jsae: Any, job: str, reporter: Reporter) -> Track
     known = jsae.meta.get("wandb") or {}
     if known.get("id") and known.get("project") == project:
         reporter.note(f"adding the {job} results to the JSAE's W&B run {describe_run(known)}")
-        init = {"project": project, "entity": known.get("entity"), "id": known["id"], "resume": "allow"}
-        return Tracker(init, known, goes_on=goes_on, after_step=int(jsae.meta.get("n_steps") or 0))
+        return Tracker(known, goes_on=goes_on, after_step=int(jsae.meta.get("n_steps") or 0))
     run_id = new_run_id()
     why = "was not logged to W&B" if not known.get("id") else f"was logged to W&B project {known.get('project')}"
     reporter.note(f"the JSAE {why}: logging the {job} results to a new W&B run {project}/{run_id}")
     record = {"id": run_id, "url": None, "project": project, "entity": None, "name": f"{job} {st.stem(jsae.url, 'jsae')}"}
-    init = {"project": project, "id": run_id, "name": record["name"], "job_type": job, "resume": "allow"}
-    return Tracker(init, record, config=run_config(jsae.meta, jsae.url), goes_on=goes_on)
+    return Tracker(record, config=run_config(jsae.meta, jsae.url), goes_on=goes_on, name=record["name"], job_type=job)
 
 
 def _close(tracker: Tracker, reporter: Reporter) -> None:
@@ -364,33 +359,29 @@ def _json_value(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def log_jacobian(project: str, result: Any, reporter: Reporter) -> None:
-    """A jacobian result into its JSAE's W&B run: the sparsity figures as summary values under
+def log_jacobian(project: str, result: Any, jsae: Any, reporter: Reporter) -> None:
+    """A jacobian result into the W&B run of its JSAE (the open jsae store ``jsae``): the sparsity figures as summary values under
     ``jacobian/`` (compare's keys: ``j>0.01``, ``j>0.01_frac``, ``j>1rms``, ``j_mass90``,
     ``j_gini``, ``mean_abs_j``) and the top connections as a table."""
-    from jsaectl import store as st
     from jsaectl.compare import sparsity_values
-    from jsaectl.connections import Connection
+    from jsaectl.connections import FIELDS
 
-    jsae = st.open_store(st.open_store(result.store, "jacobian").meta["jsae_store"], "jsae")
     tracker = analysis_run(project, jsae, "jacobian", reporter)
     values = {**sparsity_values(result.sparsity), "tokens": result.n_tokens, "store": result.store}
     tracker.summary({f"jacobian/{k}": _json_value(v) for k, v in values.items()})
-    columns = list(Connection.__dataclass_fields__)
-    tracker.table("jacobian/top_connections", columns, [[getattr(c, n) for n in columns] for c in result.top])
+    tracker.table("jacobian/top_connections", list(FIELDS), [[getattr(c, n) for n in FIELDS] for c in result.top])
     _close(tracker, reporter)
 
 
-def log_compare(project: str, results: list[Any], reporter: Reporter) -> None:
-    """Compare's metrics of each JSAE into that JSAE's W&B run (summary values under
-    ``compare/``, compare's own keys), each run also getting the whole comparison as a table."""
-    from jsaectl import store as st
-
+def log_compare(project: str, results: list[Any], jsaes: list[Any], reporter: Reporter) -> None:
+    """Compare's metrics of each JSAE (``jsaes``: their open stores, in the order of ``results``)
+    into that JSAE's W&B run (summary values under ``compare/``, compare's own keys), each run
+    also getting the whole comparison as a table."""
     keys = list(dict.fromkeys(k for r in results for k in r.values))
     columns = ["run", "store", *keys]
     rows = [[r.name, r.store, *[_json_value(r.values.get(k)) for k in keys]] for r in results]
-    for r in results:
-        tracker = analysis_run(project, st.open_store(r.store, "jsae"), "compare", reporter)
+    for r, jsae in zip(results, jsaes, strict=True):
+        tracker = analysis_run(project, jsae, "compare", reporter)
         tracker.summary({f"compare/{k}": _json_value(v) for k, v in {**r.values, "acts": r.info.get("acts")}.items()})
         tracker.table("compare/table", columns, rows)
         _close(tracker, reporter)

@@ -408,7 +408,7 @@ def train(cfg: TrainConfig, reporter: Reporter = SILENT) -> TrainResult:
 
 
 def _run(cfg: TrainConfig, acts: Activations, dist: Dist, device: torch.device, url: str, store: st.Store | None,
-         resuming: bool, reporter: Reporter, tracker: tracking.Tracker | None = None) -> TrainResult:
+         resuming: bool, reporter: Reporter, tracker: tracking.Tracker | None) -> TrainResult:
     """Train from the last checkpoint (or the start) to the end; rank 0 writes ``store``."""
     trainer = _Trainer(cfg, acts, dist, device)
     start = 0
@@ -419,6 +419,8 @@ def _run(cfg: TrainConfig, acts: Activations, dist: Dist, device: torch.device, 
         reporter.note(f"resuming {url} at step {start} of {cfg.n_steps}")
         if store is not None:
             _truncate_history(store, start)
+            if tracker is not None:
+                tracking.replay(tracker, store)  # what a killed process may not have sent
     reporter.note(f"training 2 × {cfg.latents:,} latents, k={cfg.k}, λ={cfg.lam:g} on {format_count(cfg.tokens)} tokens "
                   f"({cfg.n_steps} steps of {cfg.batch_size}) of {acts.url} on {device}"
                   + (f" × {dist.world} processes" if dist.world > 1 else ""))
@@ -461,7 +463,7 @@ class _LoopResult:
 
 
 def _loop(cfg: TrainConfig, trainer: _Trainer, stream: BatchStream, start: int, store: st.Store | None, dist: Dist,
-          reporter: Reporter, tracker: tracking.Tracker | None = None) -> _LoopResult:
+          reporter: Reporter, tracker: tracking.Tracker | None) -> _LoopResult:
     device = trainer.device
     pending: list[dict[str, float]] = []
     last: dict[str, float] = {}
