@@ -6,13 +6,13 @@ store holds, as opposed to how the stage runs), how its text is parsed (``kind``
 whether it names a store the command reads (``reads``; an argument that may come from stdin
 says how: ``stdin="line"`` or ``"lines"``). Choices are ``Literal`` types, so ``--help`` lists
 them and a type checker sees a typo. The ways a command can print its result (``--json``,
-``--csv``, ``--plot``, ``--html``) are declared once here, in :data:`OUTPUTS`; a config class
-names the ones its command offers in ``OUTPUTS``. ``jsaectl.cli`` turns a config class into a
-Typer command (cli/_generate.py).
+``--csv``, ``--plot``, ``--html``) are declared once here, as the fields of :class:`Outputs`; a
+config class names the ones its command offers in ``OUTPUTS``. ``jsaectl.cli`` turns a config
+class into a Typer command (cli/_generate.py).
 
 Every value is held to its declared type wherever it comes from: the command line (parsed by
-click against the type), a ``--config`` file or a JSON line on stdin (:func:`check_given`,
-before anything converts it), or Python (:func:`check_types`, run by every config's
+click against the type), a ``--config`` file (:func:`check_given`, before anything converts
+it), or Python (:func:`check_types`, run by every config's
 ``__post_init__``): ``true`` is not 1, ``[a, b]`` is not a path, ``null`` is no value.
 
 Configs are frozen: checks that need nothing but the values run in ``__post_init__``; values
@@ -97,12 +97,13 @@ class Meta:
     """The value names a store the command reads (and follows: see store.lineage)."""
     stdin: Literal["line", "lines"] | None = None
     """An argument that, missing or ``-``, is read from stdin: one line, or every line."""
+    metavar: str | None = None
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, short: str | None = None, identity: bool = True,
            kind: str | None = None, flag: str | None = None, argument: bool = False, required: bool = False,
-           negatable: bool | None = None, reads: bool = False,
-           stdin: Literal["line", "lines"] | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
+           negatable: bool | None = None, reads: bool = False, stdin: Literal["line", "lines"] | None = None,
+           metavar: str | None = None) -> Any:
     """A config field that is also a command-line option.
 
     ``help``: what ``--help`` and docs/cli.md say. ``short``: a one-letter alias (``-n``).
@@ -112,12 +113,13 @@ def option(default: Any = dataclasses.MISSING, *, help: str, short: str | None =
     command line must give it (the default then only means "not given"). ``negatable``: a
     boolean with a ``--no-`` form (default: when True by default or None). ``reads``: it names a
     store the command reads. ``stdin``: an
-    argument read from stdin when missing (``reads`` too)."""
+    argument read from stdin when missing (``reads`` too). ``metavar``: how ``--help`` names the
+    value (an argument's default: its name in capitals)."""
     if kind is not None and kind not in KINDS:
         raise ValueError(kind)
     meta = Meta(" ".join(help.split()), short, identity, kind, flag, argument, required, negatable,
-                reads or stdin is not None, stdin)
-    return dataclasses.field(default=default, default_factory=default_factory, metadata={"jsaectl": meta})
+                reads or stdin is not None, stdin, metavar)
+    return dataclasses.field(default=default, metadata={"jsaectl": meta})
 
 
 def meta(f: dataclasses.Field) -> Meta:
@@ -159,41 +161,32 @@ def read_stores(cfg: Any) -> list[str]:
 # Outputs: how a command prints its result, declared once for every command
 
 
-@dataclasses.dataclass(frozen=True)
-class Output:
-    flag: str
-    help: str
-    file: bool = False
-    """It takes a FILE to write (checked like --out: never a store the command reads)."""
-
-
-OUTPUTS: dict[str, Output] = {
-    "json": Output("--json", "Print one JSON document on stdout instead of the store's URL or the table: every figure "
-                   "shown, numbers as numbers and latent ids as integers (for scripts)."),
-    "csv": Output("--csv", "Print the result as CSV on stdout (a header, then one row each) instead of the table."),
-    "plot": Output("--plot", "Also draw the result as a PNG figure to FILE (needs matplotlib: pip install "
-                   "'jsaectl\\[plot]').", file=True),
-    "html": Output("--html", "Also write the result as one self-contained HTML page to FILE (opens from disk, no "
-                   "network).", file=True),
-}
+OUTPUT_PARAMETER = "output_{}"  # a command's parameter for --json is output_json (its --config key: json)
 
 
 @dataclasses.dataclass(frozen=True)
 class Outputs:
-    """What a command was asked to print, besides its tables on stderr."""
+    """What a command was asked to print, besides its tables on stderr. A text field names a
+    FILE to write (checked like --out: never a store the command reads or follows)."""
 
-    json: bool = False
-    csv: bool = False
-    plot: str | None = None
-    html: str | None = None
+    json: bool = option(False, identity=False, help=(
+        "Print the result on stdout as one JSON document, for scripts: every figure shown, numbers as numbers "
+        "and latent ids as integers."))
+    csv: bool = option(False, identity=False, help=(
+        "Print the result as CSV on stdout (a header, then one row each) instead of the table."))
+    plot: str | None = option(None, identity=False, metavar="FILE", help=(
+        "Also draw the result as a PNG figure to FILE (needs matplotlib: pip install 'jsaectl\\[plot]')."))
+    html: str | None = option(None, identity=False, metavar="FILE", help=(
+        "Also write the result as one self-contained HTML page to FILE (opens from disk, no network)."))
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.json and self.csv:
             raise ConfigError("--json and --csv are exclusive: stdout carries one of them", hint="choose one")
 
     def files(self) -> list[tuple[str, str]]:
         """(flag, path) of every file asked for."""
-        return [(OUTPUTS[name].flag, getattr(self, name)) for name, o in OUTPUTS.items() if o.file and getattr(self, name)]
+        return [(flag_name(f), getattr(self, f.name)) for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), str)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,12 +212,14 @@ def choices(cls: type, name: str) -> tuple[str, ...] | None:
     return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An integer (a bool is not one, as JSON and YAML see it)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool))
+def is_number(v: Any) -> bool:
+    """An integer or a float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _expects(tp: Any) -> tuple[Callable[[Any], bool], str]:
@@ -232,9 +227,9 @@ def _expects(tp: Any) -> tuple[Callable[[Any], bool], str]:
     if tp is bool:
         return (lambda v: isinstance(v, bool)), "true or false"
     if tp is int:
-        return _is_int, "an integer"
+        return is_int, "an integer"
     if tp is float:
-        return _is_number, "a number"
+        return is_number, "a number"
     if tp is str:
         return (lambda v: isinstance(v, str)), "text"
     if typing.get_origin(tp) is Literal:
@@ -259,17 +254,22 @@ def check_types(cfg: Any) -> None:
         value = getattr(cfg, f.name)
         if value is None and optional:
             continue
-        check, expected = _expects(tp)
-        if not check(value):
-            raise ConfigError(f"{flag_name(f)} must be {expected}, not {describe(value)}")
-        values = value if isinstance(value, tuple) else (value,)
-        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            raise ConfigError(f"{flag_name(f)} must be a finite number, not {shown(value)}",
-                              hint="NaN and inf are not valid option values")
+        _hold(tp, value, flag_name(f))
+
+
+def _hold(tp: Any, value: Any, label: str) -> None:
+    """Refuse a value (a list stands for a tuple) that is not of type ``tp``, or holds a number
+    that is not finite; ``label`` names the option in the error."""
+    check, expected = _expects(tp)
+    if not check(tuple(value) if isinstance(value, list) else value):
+        raise ConfigError(f"{label} must be {expected}, not {describe(value)}")
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        raise ConfigError(f"{label} must be a finite number, not {shown(value)}", hint="NaN and inf are not valid option values")
 
 
 def check_given(cls: type, name: str, value: Any, where: str) -> Any:
-    """A value given for field ``name`` by a config file or a JSON line (``where`` names it),
+    """A value given for field ``name`` by a config file (``where`` names it),
     held to the field's declared type before anything converts it; returned as the command
     line would give it (text for text-parsed kinds, a list for repeatable options)."""
     f = field(cls, name)
@@ -278,9 +278,9 @@ def check_given(cls: type, name: str, value: Any, where: str) -> Any:
     if value is None:
         raise ConfigError(f"{where}: {name}: null is not a value", hint="leave the key out for the default")
     if m.kind:
-        ok = (isinstance(value, str) or (_is_int(value) and m.kind.startswith("count"))
-              or (m.kind == "floats" and (_is_number(value) or (isinstance(value, list) and all(map(_is_number, value)))))
-              or (m.kind in ("shard", "connection") and isinstance(value, list) and len(value) == 2 and all(map(_is_int, value))))
+        ok = (isinstance(value, str) or (is_int(value) and m.kind.startswith("count"))
+              or (m.kind == "floats" and (is_number(value) or (isinstance(value, list) and all(map(is_number, value)))))
+              or (m.kind in ("shard", "connection") and isinstance(value, list) and len(value) == 2 and all(map(is_int, value))))
         if not ok:
             raise ConfigError(f"{where}: {name} must be {_KIND_EXPECTS[m.kind]}, not {describe(value)}")
         if isinstance(value, list):
@@ -291,15 +291,7 @@ def check_given(cls: type, name: str, value: Any, where: str) -> Any:
         return text
     if typing.get_origin(tp) is tuple and typing.get_args(tp)[-1] is Ellipsis:  # repeatable: one value or a list
         value = value if isinstance(value, list) else [value]
-        check, expected = _expects(tp)
-        if not check(tuple(value)):
-            raise ConfigError(f"{where}: {name} must be {expected}, not {describe(value)}")
-        return value
-    check, expected = _expects(tp)
-    if not check(value):
-        raise ConfigError(f"{where}: {name} must be {expected}, not {describe(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: {name} must be a finite number, not {value}", hint="NaN and inf are not valid option values")
+    _hold(tp, value, f"{where}: {name}")
     return value
 
 

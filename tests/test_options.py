@@ -14,7 +14,7 @@ from jsaectl import configs
 from jsaectl.errors import ConfigError
 from jsaectl import options as opts
 from jsaectl.cli import app
-from jsaectl.cli._generate import cli_default, cli_fields
+from jsaectl.cli._generate import cli_default
 
 COMMANDS = {"harvest": configs.HarvestConfig, "train": configs.TrainConfig, "jacobian": configs.JacobianConfig,
             "connections": configs.ConnectionsConfig, "maxact": configs.MaxactConfig, "compare": configs.CompareConfig,
@@ -34,7 +34,7 @@ def test_cli_defaults_are_the_dataclass_defaults(name):
     cls = COMMANDS[name]
     command = typer.main.get_command(app).get_command(typer.Context(typer.main.get_command(app)), name)
     params = {p.name: p for p in command.params}
-    for f in cli_fields(cls):
+    for f in dataclasses.fields(cls):
         assert f.name in params, f"{name}: {f.name} is not on the command line"
         param, meta = params[f.name], opts.meta(f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -86,11 +86,11 @@ def test_help_lists_the_allowed_values_of_every_choice(name):
     result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "240"})
     assert result.exit_code == 0
     shown = result.output
-    for f in cli_fields(cls):
+    for f in dataclasses.fields(cls):
         allowed = opts.choices(cls, f.name)
         for value in allowed or ():
             assert f"{value}|" in shown or f"|{value}>" in shown, f"{name} --help does not list {value!r} for {opts.flag_name(f)}"
-    assert any(opts.choices(cls, f.name) for f in cli_fields(cls)) or name not in ("harvest", "train", "maxact", "export")
+    assert any(opts.choices(cls, f.name) for f in dataclasses.fields(cls)) or name not in ("harvest", "train", "maxact", "export")
 
 
 def test_choices_are_literal_types_checked_in_python_too():

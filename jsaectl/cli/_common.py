@@ -1,8 +1,9 @@
-"""What every command shares: the stderr console, option aliases, --config files, reading a
+"""What every command shares: the stderr console, --config files, reading a
 store from stdin, writing the one line (or JSON document) of stdout, and progress bars."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -23,7 +24,7 @@ from rich.progress import (
 from rich.text import Text
 
 from jsaectl.errors import ConfigError, JsaectlError, shown
-from jsaectl.options import OUTPUTS, check_given, describe
+from jsaectl.options import OUTPUT_PARAMETER, Outputs, check_given, describe
 from jsaectl.units import format_count
 
 class _Console(Console):
@@ -106,43 +107,27 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | None:
-    """Eager callback of --config: the file's keys become the command's defaults (so flags still
-    win), each value held to its option's declared type before click converts anything."""
+def load_config(ctx: typer.Context, value: Path | None, cls: type) -> Path | None:
+    """Eager callback of --config for a command made from config class ``cls``: the file's keys
+    become the command's defaults (so flags still win), each value held to its option's declared
+    type before click converts anything."""
     if value is None:
         return None
     data = _read_yaml(Path(value))
-    cls = getattr(ctx.command.callback, "config_class", None)
     # A key is an option's long name (`context-size`, `json`) or its parameter name (`context_size`).
-    aliases: dict[str, Any] = {}
-    for p in ctx.command.params:
-        if p.name in ("config", "help"):
-            continue
-        for alias in (p.name, *(o[2:] for o in p.opts if o.startswith("--"))):
-            aliases[alias.replace("-", "_")] = p
+    names = {p.name: next((o[2:] for o in p.opts if o.startswith("--")), p.name)
+             for p in ctx.command.params if p.name not in ("config", "help")}
+    aliases = {alias.replace("-", "_"): name for name, long in names.items() for alias in (name, long)}
+    outputs = {OUTPUT_PARAMETER.format(f.name): f.name for f in dataclasses.fields(Outputs)}
     given: dict[str, Any] = {}
     for key, raw in data.items():
-        p = aliases.get(str(key).replace("-", "_"))
-        if p is None or not isinstance(key, str):
-            valid = sorted({(next((o[2:] for o in q.opts if o.startswith("--")), q.name)) for q in aliases.values()})
-            raise ConfigError(f"--config {value}: unknown key {shown(key)}", hint="valid keys: " + ", ".join(valid))
-        given[p.name] = _checked(cls, p, raw, f"--config {value}")
+        name = aliases.get(str(key).replace("-", "_"))
+        if name is None:
+            raise ConfigError(f"--config {value}: unknown key {shown(key)}", hint="valid keys: " + ", ".join(sorted(names.values())))
+        where = f"--config {value}"
+        given[name] = check_given(Outputs, outputs[name], raw, where) if name in outputs else check_given(cls, name, raw, where)
     ctx.default_map = {**(ctx.default_map or {}), **given}
     return value
-
-
-def _checked(cls: type | None, param: Any, raw: Any, where: str) -> Any:
-    """A config file's value for one parameter, held to its declared type."""
-    from jsaectl.cli._generate import OUTPUT_PARAMETER
-
-    for name, output in OUTPUTS.items():
-        if param.name == OUTPUT_PARAMETER.format(name):
-            ok = isinstance(raw, str) if output.file else isinstance(raw, bool)
-            if not ok:
-                raise ConfigError(f"{where}: {name} must be {'a file path (text)' if output.file else 'true or false'}, "
-                                  f"not {describe(raw)}")
-            return raw
-    return check_given(cls, param.name, raw, where)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,9 +148,9 @@ def _stdin_store(line: str) -> str:
         doc = json.loads(line)
     except json.JSONDecodeError:
         raise JsaectlError("stdin holds a line that starts like JSON but is not", hint="pipe a jsaectl stage into this one") from None
-    store = doc.get("store") if isinstance(doc, dict) else None
     if not isinstance(doc, dict) or "store" not in doc:
         raise JsaectlError("stdin holds JSON without a \"store\" key", hint="pipe a jsaectl stage into this one")
+    store = doc["store"]
     if not isinstance(store, str) or not store:
         raise JsaectlError(f"stdin's JSON has \"store\": {describe(store)}, which is not a store URL (text)",
                            hint="pipe a jsaectl stage into this one")

@@ -9,7 +9,7 @@ one command-line parameter per field: its name, short alias, default, choices an
 from the field; text options (counts such as ``2M``, comma lists, ``i/n``) are parsed into the
 field's value; a store argument that is missing or ``-`` is read from stdin. Every command
 also gets ``--config FILE.yaml`` and the output options its config class names in
-``OUTPUTS`` (declared once, in ``options.OUTPUTS``), which arrive as one ``Outputs``; a FILE
+``OUTPUTS`` (declared once, as the fields of ``options.Outputs``), which arrive as one ``Outputs``; a FILE
 they name is checked, before the command runs, never to be a store the command reads or
 follows. A ``typer.Context`` parameter passes through.
 """
@@ -27,20 +27,16 @@ import typer
 
 from jsaectl import options as opts
 from jsaectl.cli._common import load_config, store_from_arg, stores_from_args
-from jsaectl.options import Outputs
+from jsaectl.options import OUTPUT_PARAMETER, Outputs
 
 CONFIG_HELP = ("YAML file of option values (keys are option names, e.g. `tokens: 2M`); each value is held to the "
                "option's type; flags given on the command line win.")
 
 
-def cli_fields(cls: type) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(cls))
-
-
 def cli_default(f: dataclasses.Field) -> Any:
     """The field's default as the command line writes it."""
     m = opts.meta(f)
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    default = f.default
     if m.required:
         return ...
     if m.kind and default is not None:
@@ -50,7 +46,8 @@ def cli_default(f: dataclasses.Field) -> Any:
     return default
 
 
-def _parameter(cls: type, f: dataclasses.Field) -> inspect.Parameter:
+def _parameter(cls: type, f: dataclasses.Field, name: str | None = None) -> inspect.Parameter:
+    """The command-line parameter of field ``f`` (named ``name``, by default the field's)."""
     m = opts.meta(f)
     tp, optional = opts.base_type(opts.hints(cls)[f.name])
     default = cli_default(f)
@@ -62,7 +59,7 @@ def _parameter(cls: type, f: dataclasses.Field) -> inspect.Parameter:
     annotation = tp | None if optional or default is None else tp
     show_default = default not in (None, ..., "", []) and not (tp is bool and not m.negatable and default is False)
     if m.argument:
-        info: Any = typer.Argument(help=m.help, show_default=show_default, metavar=f.name.upper())
+        info: Any = typer.Argument(help=m.help, show_default=show_default, metavar=m.metavar or f.name.upper())
     else:
         names = [opts.flag_name(f)]
         negatable = m.negatable if m.negatable is not None else (tp is bool and default is not False)
@@ -70,23 +67,15 @@ def _parameter(cls: type, f: dataclasses.Field) -> inspect.Parameter:
             names = [f"{names[0]}/--no-{names[0][2:]}"]
         if m.short:
             names.append(m.short)
-        info = typer.Option(*names, help=m.help, show_default=show_default)
-    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[annotation, info], default=default)
+        info = typer.Option(*names, help=m.help, show_default=show_default, metavar=m.metavar)
+    return inspect.Parameter(name or f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[annotation, info], default=default)
 
 
-OUTPUT_PARAMETER = "output_{}"  # the parameter of --json is output_json (a --config key may say json)
+def _config_parameter(cls: type) -> inspect.Parameter:
+    def callback(ctx: typer.Context, value: Path | None) -> Path | None:
+        return load_config(ctx, value, cls)
 
-
-def _output_parameter(name: str) -> inspect.Parameter:
-    o = opts.OUTPUTS[name]
-    annotation: Any = str | None if o.file else bool
-    info = typer.Option(o.flag, help=o.help, show_default=False, metavar="FILE" if o.file else None)
-    return inspect.Parameter(OUTPUT_PARAMETER.format(name), inspect.Parameter.KEYWORD_ONLY,
-                             annotation=Annotated[annotation, info], default=None if o.file else False)
-
-
-def _config_parameter() -> inspect.Parameter:
-    info = typer.Option("--config", help=CONFIG_HELP, is_eager=True, callback=load_config, dir_okay=False, show_default=False)
+    info = typer.Option("--config", help=CONFIG_HELP, is_eager=True, callback=callback, dir_okay=False, show_default=False)
     return inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[Path | None, info], default=None)
 
 
@@ -98,7 +87,7 @@ def _value(f: dataclasses.Field, raw: Any) -> Any:
     if m.stdin == "lines":
         return stores_from_args(raw)
     if raw is None:  # not given (an empty repeatable option, an optional value): the dataclass's default
-        return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        return f.default
     if m.kind:
         return opts.KINDS[m.kind][0](raw, opts.flag_name(f))
     if isinstance(raw, list):
@@ -113,7 +102,7 @@ def build(cls: type, given: dict[str, Any]) -> Any:
 
 def parsed(cls: type, given: dict[str, Any], only: set[str] | None = None) -> dict[str, Any]:
     """The command line's values of ``cls``'s fields (those in ``only``), parsed."""
-    return {f.name: _value(f, given[f.name]) for f in cli_fields(cls) if f.name in given and (only is None or f.name in only)}
+    return {f.name: _value(f, given[f.name]) for f in dataclasses.fields(cls) if f.name in given and (only is None or f.name in only)}
 
 
 def check_output_files(outputs: Outputs, cfg: Any) -> None:
@@ -124,9 +113,8 @@ def check_output_files(outputs: Outputs, cfg: Any) -> None:
         return
     from jsaectl import store as st
 
-    reads = [r for url in opts.read_stores(cfg) for r in st.lineage(url)]
     for flag, path in files:
-        st.check_output_file(path, reads, flag)
+        st.check_output_file(path, opts.read_stores(cfg), flag)
 
 
 def from_config(cls: type, build_with: Callable[..., Any] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -141,9 +129,10 @@ def from_config(cls: type, build_with: Callable[..., Any] | None = None) -> Call
         target = next(name for name, tp in hints.items() if tp is cls)
         wants_outputs = next((name for name, tp in hints.items() if tp is Outputs), None)
         context = next((name for name, tp in hints.items() if tp is typer.Context), None)
-        fields = cli_fields(cls)
+        fields = dataclasses.fields(cls)
         params = [inspect.Parameter(context, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)] if context else []
-        params += [_parameter(cls, f) for f in fields] + [_output_parameter(name) for name in outputs] + [_config_parameter()]
+        params += [_parameter(cls, f) for f in fields] + [_parameter(Outputs, opts.field(Outputs, name), OUTPUT_PARAMETER.format(name)) for name in outputs]
+        params += [_config_parameter(cls)]
         names = {f.name for f in fields}
 
         def command(**kwargs: Any) -> Any:
@@ -159,7 +148,6 @@ def from_config(cls: type, build_with: Callable[..., Any] | None = None) -> Call
         command.__name__, command.__doc__, command.__module__ = func.__name__, func.__doc__, func.__module__
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
-        command.config_class = cls  # type: ignore[attr-defined]
         return command
 
     return decorate
