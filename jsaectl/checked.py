@@ -31,7 +31,7 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-from jsaectl.errors import StoreError
+from jsaectl.errors import StoreError, first_line
 
 # A chunk key of zarr v3's default encoding: <array path>/c/<i>/<j>... (or c/... for a root array).
 _CHUNK_KEY = re.compile(r"^(?:(.*)/)?c((?:/\d+)*)$")
@@ -128,18 +128,15 @@ def base_store(url: str, *, local: bool, read_only: bool) -> Store:
         return FsspecStore.from_url(url, read_only=read_only)
     except ImportError as e:  # fsspec knows the protocol, its backend package is missing
         package = re.search(r"install (\S+)", str(e), re.IGNORECASE)
-        raise StoreError(f"{url}: the {scheme}:// backend is not installed ({_first_line(e)})",
+        raise StoreError(f"{url}: the {scheme}:// backend is not installed ({first_line(e)})",
                          hint=f"pip install {package.group(1)}" if package else "install the fsspec backend for it") from None
     except ValueError as e:
         if "protocol" in str(e).lower():
             raise StoreError(f"{url}: unknown URL protocol {scheme}://",
                              hint="give a local path or an fsspec URL such as s3://, gs:// or memory://") from None
-        raise StoreError(f"cannot open {url}: {_first_line(e)}", hint="check the URL") from None
+        raise StoreError(f"cannot open {url}: {first_line(e)}", hint="check the URL") from None
     except OSError as e:  # a backend that cannot start (hdfs:// without Java, ...)
-        raise StoreError(f"cannot open {url}: the {scheme}:// backend failed to start ({_first_line(e)})",
+        raise StoreError(f"cannot open {url}: the {scheme}:// backend failed to start ({first_line(e)})",
                          hint="check that backend's own requirements, or use a local path") from None
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__

@@ -22,7 +22,7 @@ BUNDLED_HELDOUT = "jsaectl-heldout"  # held-out documents of the same sources: a
 # The choices of choice options: --help lists them, check_types refuses anything else.
 StoreDtype = Literal["float16", "float32", "bfloat16"]
 Compression = Literal["none", "zstd"]
-InitScheme = Literal["tl", "hf"]  # see models.py
+InitScheme = Literal["tl", "hf"]  # see "How --random-init draws the weights" in models.py
 JacobianAt = Literal["x", "reconstruction"]  # see jsae.py
 Side = Literal["in", "out"]
 ConnectionSort = Literal["strength", "mean", "count"]
@@ -214,9 +214,7 @@ class TrainConfig:
     autocast: bool | None = option(None, negatable=True, help=(
         "bfloat16 autocast of the SAE matmuls. Default: on for CUDA only."))
     # --- how to run: free to change on resume
-    device: str = option("auto", identity=False, help=(
-        "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (under torchrun: the local rank's "
-        "GPU)."))
+    device: str = option("auto", identity=False, help=DEVICE_HELP.removesuffix(".") + " (under torchrun: the local rank's GPU).")
     reader_threads: int = option(4, identity=False, help=(
         "Threads reading and decompressing the store's chunks for training (raise it if training says it "
         "waits for data)."))

@@ -19,6 +19,7 @@ from jsaectl import store as st
 from jsaectl.configs import check_latent_ids
 
 COLUMNS = ("input", "output", "strength", "count", "mean_abs", "max_abs", "mean")
+FIELDS = (*COLUMNS, "input_label", "output_label")  # a Connection's, as tables and exports show it
 SORTS = {"strength": "strength", "mean": "mean_abs", "count": "count"}  # --sort name -> column
 # Rows per chunk of the connection columns: small, so that the few scattered rows a query
 # wants are read from small chunks (64 KB of a float32 column).

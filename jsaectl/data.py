@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from jsaectl.configs import BUNDLED_CORPUS, BUNDLED_HELDOUT
-from jsaectl.errors import DataError
+from jsaectl.errors import DataError, first_line
 
 _TEXT_SUFFIXES = (".txt", ".text", ".md")
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -94,7 +94,7 @@ def _row_text(row: dict[str, Any], column: str, where: str) -> str:
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
-def _jsonl_pieces(path: str, column: str, select: dict[str, str]) -> Iterator[Piece]:
+def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
     with _open_text(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -105,8 +105,13 @@ def _jsonl_pieces(path: str, column: str, select: dict[str, str]) -> Iterator[Pi
                 raise DataError(f"{path} line {number} is not JSON: {e.msg}", hint=".jsonl files hold one JSON object per line") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path} line {number} is not a JSON object", hint=".jsonl files hold one JSON object per line")
-            if _selected(row, select):
-                yield Piece(_row_text(row, column, path))
+            yield row
+
+
+def _jsonl_pieces(path: str, column: str, select: dict[str, str]) -> Iterator[Piece]:
+    for row in _jsonl_rows(path):
+        if _selected(row, select):
+            yield Piece(_row_text(row, column, path))
 
 
 def _parquet_pieces(path: str, column: str, select: dict[str, str]) -> Iterator[Piece]:
@@ -121,9 +126,8 @@ def _parquet_pieces(path: str, column: str, select: dict[str, str]) -> Iterator[
         raise DataError(f"{path} has no column {missing[0]!r} (it has: {', '.join(table.schema_arrow.names)})",
                         hint="name the text column with --text-column" if missing[0] == column else "select by a column it has")
     for batch in table.iter_batches(columns=list(dict.fromkeys([column, *select])), batch_size=1024):
-        for row in batch.to_pylist():
-            if _selected(row, select):
-                yield Piece(row[column] if isinstance(row[column], str) else "")
+        texts = batch.column(0).to_pylist() if not select else [r[column] for r in batch.to_pylist() if _selected(r, select)]
+        yield from (Piece(text if isinstance(text, str) else "") for text in texts)
 
 
 def _file_pieces(path: str, column: str, select: dict[str, str]) -> Iterator[Piece]:
@@ -191,8 +195,7 @@ def _hub_pieces(name: str, subset: str | None, split: str, column: str, select: 
     try:
         rows: Iterable[dict[str, Any]] = datasets.load_dataset(name, subset, split=split, streaming=True)
     except Exception as e:  # datasets raises many types for a bad id, split or config
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot open the Hub dataset {name!r}: {first}", hint="check the id, --subset and --split") from None
+        raise DataError(f"cannot open the Hub dataset {name!r}: {first_line(e)}", hint="check the id, --subset and --split") from None
     for row in rows:
         if _selected(row, select):
             yield Piece(_row_text(row, column, f"dataset {name!r}"))
@@ -218,16 +221,15 @@ def open_source(spec: str | None, *, split: str = "train", subset: str | None = 
 
 def _labels_hint(spec: str | None, select: dict[str, str]) -> str:
     """What the labels asked for could be, for a bundled or local .jsonl source (read again)."""
-    path = bundled_corpus_path(spec or BUNDLED_CORPUS) if spec in (None, BUNDLED_CORPUS, BUNDLED_HELDOUT) else spec
+    path = bundled_corpus_path(spec or BUNDLED_CORPUS) if spec in (None, BUNDLED_CORPUS, BUNDLED_HELDOUT) \
+        else os.path.expanduser(spec)
     if not (path and os.path.isfile(path) and _strip_gz(path).lower().endswith(_JSONL_SUFFIXES)):
         return "check the labels: they are column values, compared as text"
     seen: dict[str, set[str]] = {key: set() for key in select}
-    with _open_text(path) as f:
-        for line in f:
-            row = json.loads(line) if line.strip() else {}
-            for key in seen:
-                if isinstance(row, dict) and key in row:
-                    seen[key].add(str(row[key]))
+    for row in _jsonl_rows(path):
+        for key in seen:
+            if key in row:
+                seen[key].add(str(row[key]))
     return "; ".join(f"{key} is one of {', '.join(sorted(values)[:20])}" if values else f"no document has a {key} column"
                      for key, values in seen.items())
 

@@ -37,17 +37,13 @@ import torch
 from jsaectl import __version__
 from jsaectl import store as st
 from jsaectl.configs import CONNECTION_FORMATS, WEIGHT_FORMATS, ExportConfig
-from jsaectl.connections import COLUMNS
+from jsaectl.connections import COLUMNS, FIELDS
 from jsaectl.errors import ConfigError, StoreError
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.acts import Activations, bos_skipped
 from jsaectl.jsae import JSAE
 from jsaectl.trained import load_jsae
 from jsaectl.sae import TopKSAE
-
-
-# The jacobian store's columns (connections.COLUMNS), then the two latents' labels.
-CONNECTION_COLUMNS = (*COLUMNS, "input_label", "output_label")
 
 # sae-lens reads a cfg.json whose metadata names no sae_lens_version >= 6 through its
 # pre-6.0 converter (which renames and drops keys); this marks the file as v6 format.
@@ -77,7 +73,7 @@ def export(cfg: ExportConfig, reporter: Reporter = SILENT) -> ExportResult:
     """Write ``cfg.store`` in ``cfg.format`` to ``cfg.out``. Every refusal (bad format, wrong
     store kind, non-empty ``out``) happens before anything is written."""
     source = _open_source(cfg.store, cfg.format)
-    out = _check_out(cfg.out, cfg.overwrite, st.lineage(cfg.store) + st.lineage(source.url))
+    out = _check_out(cfg.out, cfg.overwrite, [cfg.store])  # source is cfg.store or the JSAE it follows
     writer = _WRITERS[cfg.format]
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
@@ -454,7 +450,7 @@ def connection_rows(store: st.Store, top: int | None, reporter: Reporter = SILEN
 
 def _write_csv(store: st.Store, tmp: str, cfg: ExportConfig, reporter: Reporter) -> None:
     with open(os.path.join(tmp, "connections.csv"), "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CONNECTION_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(connection_rows(store, cfg.top, reporter))
 

@@ -2,9 +2,11 @@
 
 The store is filled in *chunks*: a chunk is a fixed run of whole contexts and maps to exactly
 one zarr chunk of every array, so no two writers (threads, shards, or a resumed run) ever
-touch the same chunk. ``progress/chunk_contexts[c]`` records how many contexts chunk ``c``
-holds once its data are written (-1 while pending); it is written after the data, so a run
-killed at any moment redoes at most the chunks it had in flight.
+touch the same chunk. (A lazy store, which holds only tokens, is written in *blocks* of whole
+chunks, one zarr chunk of its tokens each; below, "chunk" then means such a block.)
+``progress/chunk_contexts[c]`` records how many contexts chunk ``c`` holds once its data are
+written (-1 while pending); it is written after the data, so a run killed at any moment redoes
+at most the chunks it had in flight.
 """
 
 from __future__ import annotations
@@ -260,7 +262,7 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
                   + ("; storing tokens only (--lazy)" if cfg.lazy else ""))
 
     with st.writing(url, "activations", identity(cfg), overwrite=cfg.overwrite, shard=shard) as (store, resumed):
-        extra = _prepare(store, cfg, loaded, site, layout, rel_err, (first_ids, x))
+        extra = _prepare(store, cfg, loaded, tap, layout, rel_err, first_ids, x)
         started += time.perf_counter() - checking
         todo = _todo(store, cfg, layout, resumed, reporter)
         written = _run_chunks(cfg, store, layout, tap, device, [first], chunks, set(todo), reporter)
@@ -278,16 +280,18 @@ def harvest(cfg: HarvestConfig, reporter: Reporter = SILENT) -> HarvestResult:
                          written / elapsed if elapsed > 0 and written else 0.0, n_final is not None)
 
 
-def _prepare(store: st.Store, cfg: HarvestConfig, loaded: LoadedModel, site: MLPSite, layout: _Layout, rel_err: float,
-             first: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+def _prepare(store: st.Store, cfg: HarvestConfig, loaded: LoadedModel, tap: MLPTap, layout: _Layout, rel_err: float,
+             first_ids: torch.Tensor, x: torch.Tensor) -> dict[str, Any]:
     """Everything but the rows: the small arrays, the big arrays and the store's attrs (a lazy
-    store's fingerprint and witness too, from ``first``: harvest's first batch and its x).
+    store's fingerprint and witness too, from harvest's first batch ``first_ids`` and its x).
 
-    The progress array is created last, so its presence means everything else exists. Then
-    the big arrays are not touched again: a run killed after _finalize trimmed them (and
-    before it marked the store complete) would otherwise find them the wrong size. The small
-    arrays are rewritten when one is missing (`jsaectl verify --repair` removes damaged ones)."""
-    small = SMALL_ARRAYS + (("mlp/W_gate",) if site.weights.gated else ()) + (LAZY_ARRAYS if cfg.lazy else ())
+    The progress array is created after the small and big arrays, so its presence means they
+    exist. Then the big arrays are not touched again: a run killed after _finalize trimmed them
+    (and before it marked the store complete) would otherwise find them the wrong size. The small
+    arrays are rewritten when one is missing (`jsaectl verify --repair` removes damaged ones). A
+    lazy store's record comes last, and is written again whenever it is incomplete."""
+    site = tap.site
+    small = SMALL_ARRAYS + (("mlp/W_gate",) if site.weights.gated else ())
     if "progress" not in store.group or "chunk_contexts" not in store.group["progress"]:
         _write_mlp_and_vocab(store, site, loaded.tokenizer)
         _create_arrays(store, cfg, layout, site.weights.d_model, len(loaded.tokenizer))
@@ -298,7 +302,7 @@ def _prepare(store: st.Store, cfg: HarvestConfig, loaded: LoadedModel, site: MLP
         known = store.meta.get("lazy")
         if known is None or not all(name in store.group for name in LAZY_ARRAYS):
             local = os.path.isdir(os.path.expanduser(cfg.model))  # readers load it from anywhere: an absolute path
-            known = lazy.record(store, loaded, site, *first, cfg.batch_size, layout.contexts_per_write,
+            known = lazy.record(store, loaded, tap, first_ids, x, cfg.batch_size, layout.contexts_per_write,
                                 os.path.abspath(os.path.expanduser(cfg.model)) if local else None)
         extra["lazy"] = known
     store.update_meta(**extra)

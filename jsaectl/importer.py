@@ -30,7 +30,8 @@ from jsaectl.acts import Activations
 from jsaectl.configs import JACOBIAN_AT, ImportConfig
 from jsaectl.errors import ConfigError, shown
 from jsaectl.jsae import JSAE
-from jsaectl.trained import SAE_PARAMS, save_jsae
+from jsaectl.options import is_int, is_number
+from jsaectl.trained import SAE_PARAMS, SAE_SHAPES, save_jsae
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.sae import TopKSAE
 
@@ -142,7 +143,8 @@ def _check_shapes(tensors: dict[str, torch.Tensor], folder: str) -> tuple[int, i
                           f"{[d, n]}: a JSAE's two SAEs read the same d_model and have the same number of latents",
                           hint="import a pair whose SAEs have the same width")
     for suffix in ("", "_out"):
-        for param, shape in zip(SAE_PARAMS, ((d, n), (n,), (n, d), (d,))):
+        for param, axes in SAE_SHAPES.items():
+            shape = tuple({"d_in": d, "d_sae": n}[axis] for axis in axes)
             found = tuple(tensors[f"_{param}{suffix}"].shape)
             if found != shape:
                 raise ConfigError(f"{folder}: _{param}{suffix} has shape {list(found)}, not {list(shape)} "
@@ -159,7 +161,7 @@ def _check_k(cfg: dict[str, Any], n: int, folder: str) -> int:
         raise ConfigError(f"{folder} has activation {act!r}; jsaectl's SAEs are TopK (activation_fn_kwargs.k)",
                           hint="only TopK pairs can be imported")
     k = kwargs["k"]
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n:
+    if not is_int(k) or not 1 <= k <= n:
         raise ConfigError(f"{folder}: activation_fn_kwargs.k is {shown(k)}; it must be an integer with 1 ≤ k ≤ d_sae = {n}",
                           hint="the pair's cfg.json is damaged; save or export the pair again")
     return k
@@ -171,7 +173,7 @@ def _check_lam(cfg: dict[str, Any], folder: str) -> float | int | None:
     if lam is None:
         return None
     try:
-        finite = not isinstance(lam, bool) and isinstance(lam, (int, float)) and math.isfinite(lam)
+        finite = is_number(lam) and math.isfinite(lam)
     except OverflowError:  # an integer beyond float range
         finite = False
     if not finite:
@@ -225,16 +227,15 @@ def _check_mlp(tensors: dict[str, torch.Tensor], acts: Activations, folder: str)
                               hint="--acts must come from the model and layer the pair was trained on")
         if name.startswith("W_") and theirs.ndim == 2:
             theirs = theirs.t()
-        if theirs.shape != ours.shape or not torch.allclose(theirs.float(), ours, **_MLP_TOL):
-            diff = (theirs.float() - ours).abs().max().item() if theirs.shape == ours.shape else f"shape {tuple(theirs.shape)}"
+        if theirs.shape != ours.shape or not torch.allclose(theirs, ours, **_MLP_TOL):  # both float32 (_float32)
+            diff = (theirs - ours).abs().max().item() if theirs.shape == ours.shape else f"shape {tuple(theirs.shape)}"
             raise ConfigError(f"the MLP weights in {folder} differ from those of {acts.url} (mlp.{name}: {diff})",
                               hint="--acts must come from the model (and revision, and random init) the pair was trained on")
     return True
 
 
 def _sae(tensors: dict[str, torch.Tensor], suffix: str, k: int, apply_b_dec: bool, folder: str) -> TopKSAE:
-    W_enc, b_enc = tensors[f"_W_enc{suffix}"].float(), tensors[f"_b_enc{suffix}"].float()
-    W_dec, b_dec = tensors[f"_W_dec{suffix}"].float(), tensors[f"_b_dec{suffix}"].float()
+    W_enc, b_enc, W_dec, b_dec = (tensors[f"_{p}{suffix}"] for p in SAE_PARAMS)  # float32 (_float32)
     if apply_b_dec:  # (x − b_dec) W + b = x W + (b − b_dec W), computed in float64 for one rounding
         b_enc = (b_enc.double() - b_dec.double() @ W_enc.double()).float()
         if not torch.isfinite(b_enc).all():  # finite weights whose fold leaves float32's range

@@ -61,31 +61,16 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.numpy().tobytes()).hexdigest()
 
 
-def dependencies(model: torch.nn.Module, site: MLPSite, ids: torch.Tensor) -> list[str]:
+def dependencies(tap: MLPTap, ids: torch.Tensor) -> list[str]:
     """The names of the parameters that layer L's MLP input depends on: x of a short input,
     differentiated with respect to every parameter of the model."""
-    captured: dict[str, torch.Tensor] = {}
-
-    class _Stop(Exception):
-        pass
-
-    def hook(module: Any, args: tuple, kwargs: dict) -> None:
-        captured["x"] = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
-        raise _Stop
-
-    named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
-    handle = site.input_module.register_forward_pre_hook(hook, with_kwargs=True)
+    named = [(n, p) for n, p in tap.model.named_parameters() if p.is_floating_point()]
     try:
         for _, p in named:
             p.requires_grad_(True)
-        with torch.enable_grad():
-            try:
-                model(input_ids=ids, use_cache=False)
-            except _Stop:
-                pass
-            grads = torch.autograd.grad(captured["x"].float().sum(), [p for _, p in named], allow_unused=True)
+        x, _ = tap(ids, grad=True)
+        grads = torch.autograd.grad(x.float().sum(), [p for _, p in named], allow_unused=True)
     finally:
-        handle.remove()
         for _, p in named:
             p.requires_grad_(False)
     return [n for (n, _), g in zip(named, grads) if g is not None]
@@ -100,17 +85,17 @@ def witness_rows(context_size: int) -> np.ndarray:
     return np.unique(np.linspace(0, context_size - 1, min(WITNESS_ROWS, context_size)).round().astype(np.int64))
 
 
-def record(store: st.Store, loaded: LoadedModel, site: MLPSite, ids: torch.Tensor, x: torch.Tensor,
+def record(store: st.Store, loaded: LoadedModel, tap: MLPTap, ids: torch.Tensor, x: torch.Tensor,
            batch_contexts: int, contexts_per_block: int, model_path: str | None) -> dict[str, Any]:
     """Write the witness arrays of a lazy store and return its ``lazy`` attrs. ``ids [B, T]`` is
-    harvest's first batch and ``x [B, T, d]`` its MLP input."""
+    harvest's first batch and ``x [B, T, d]`` its MLP input (computed by ``tap``)."""
     model = loaded.model
     x32 = x.float()
     rows = witness_rows(x.shape[1])
     g = st.race_safe(store.group.require_group, "lazy")
     st.write_array(g, "witness_x", x32[0, torch.from_numpy(rows).to(x.device)].cpu().numpy())
     st.write_array(g, "witness_rows", rows)
-    names = dependencies(model, site, ids[:1, : min(ids.shape[1], 16)])
+    names = dependencies(tap, ids[:1, : min(ids.shape[1], 16)])
     return {"model_path": model_path, "batch_contexts": batch_contexts, "contexts_per_block": contexts_per_block,
             "checkpoint_dtype": loaded.provenance.get("checkpoint_dtype"), "fingerprint": fingerprint(model, names),
             "witness": {"contexts": int(ids.shape[0]), "sha256": _tensor_digest(x32), "device": x.device.type}}
@@ -164,9 +149,7 @@ class StoreModel:
                 raise self._refuse(f"has {key} {prov.get(key)}, the store's had {recorded.get(key)}")
         then, now = self.info.get("checkpoint_dtype"), self.loaded.provenance.get("checkpoint_dtype")
         saved = f" (its checkpoint is saved in {now}; the store's was {then})" if then != now else ""
-        ours, theirs = self.site.weights, self.acts.mlp()
-        if ours.d_model != theirs.d_model or not all(torch.equal(a.cpu(), b) for a, b in zip(ours.tensors().values(),
-                                                                                               theirs.tensors().values())):
+        if not self.site.weights.same_as(self.acts.mlp()):
             raise self._refuse(f"has other weights in layer {meta['layer']}'s MLP than the store recorded{saved}")
         if not self.info:  # a stored store keeps x itself: nothing more to match
             return False

@@ -138,6 +138,11 @@ class MLPWeights:
             out |= {"W_gate": self.W_gate, "b_gate": self.b_gate}
         return out
 
+    def same_as(self, other: MLPWeights) -> bool:
+        """The same weights, bit for bit (gated or not, every tensor; compared on the CPU)."""
+        ours, theirs = self.tensors(), other.tensors()
+        return ours.keys() == theirs.keys() and all(torch.equal(ours[k].cpu(), theirs[k].cpu()) for k in ours)
+
     def hidden(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Pre-activations: ``(z, g)`` with z = W_in x + b_in and, gated, g = W_gate x + b_gate."""
         z = F.linear(x, self.W_in, self.b_in)  # [B, m]

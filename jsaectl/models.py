@@ -19,7 +19,7 @@ from torch import nn
 
 from jsaectl.configs import BUNDLED_MODEL, InitScheme
 from jsaectl import hub
-from jsaectl.errors import ModelError
+from jsaectl.errors import ModelError, first_line
 from jsaectl.mlp import ACTIVATIONS, MLPWeights, get_activation, identify_activation
 
 # (gate, up, down) names of gated MLPs; up is stored as W_in, gate as W_gate.
@@ -62,9 +62,6 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
@@ -90,7 +87,7 @@ def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
         try:
             return loader.from_pretrained(name, **kwargs)
         except (OSError, ValueError, KeyError) as e:
-            raise ModelError(f"cannot load the {what} in {name}: {_first_line(e)}",
+            raise ModelError(f"cannot load the {what} in {name}: {first_line(e)}",
                              hint="the directory should hold what save_pretrained() writes") from e
     if _looks_like_path(name):
         raise ModelError(f"no model directory at {name}", hint="give a local save_pretrained() directory or a Hub id such as gpt2")
@@ -107,7 +104,7 @@ def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
     try:
         return loader.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load the {what} {name!r}: {_first_line(e)}",
+        raise ModelError(f"cannot load the {what} {name!r}: {first_line(e)}",
                          hint="check the model id and revision (private models need `hf auth login`)") from e
 
 
@@ -130,7 +127,8 @@ def load_model(
     init_scheme: str = "tl",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, or with ``random_init`` the same architecture with
-    random weights (see ``InitScheme``), reproducibly from ``seed``."""
+    random weights drawn by ``init_scheme`` (see "How --random-init draws the weights" below),
+    reproducibly from ``seed``."""
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -155,7 +153,7 @@ def load_model(
             if random_init:
                 _transformer_lens_init(model, seed)
     except ValueError as e:  # an architecture AutoModelForCausalLM does not know
-        raise ModelError(f"{name} is not a causal LM that transformers can load: {_first_line(e)}",
+        raise ModelError(f"{name} is not a causal LM that transformers can load: {first_line(e)}",
                          hint="harvest with --trust-remote-code if the model ships its own code and you trust it") from e
     model.eval().requires_grad_(False).to(device)
     provenance = {
@@ -344,7 +342,7 @@ class MLPTap:
     def __init__(self, model: nn.Module, site: MLPSite) -> None:
         self.model = model
         self.site = site
-        self._want_output = False
+        self._want_output = self._grad = False
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
         self._handles = [
@@ -354,7 +352,8 @@ class MLPTap:
 
     def _on_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._x is None:  # gated MLPs call their first linear once; keep the first call
-            self._x = _first_tensor(args, kwargs).detach()
+            x = _first_tensor(args, kwargs)
+            self._x = x if self._grad else x.detach()
         if not self._want_output:
             raise _Captured
 
@@ -362,15 +361,17 @@ class MLPTap:
         self._y = (output[0] if isinstance(output, tuple) else output).detach()
         raise _Captured
 
-    @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, with_output: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``input_ids [B, T]`` -> ``x [B, T, d]`` and, if asked, ``y [B, T, d]``."""
+    def __call__(self, input_ids: torch.Tensor, with_output: bool = False,
+                 grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``input_ids [B, T]`` -> ``x [B, T, d]`` and, if asked, ``y [B, T, d]``; with ``grad``,
+        x stays in the autograd graph (to differentiate it with respect to the model's weights)."""
         self._x = self._y = None
-        self._want_output = with_output
-        try:
-            self.model(input_ids=input_ids, use_cache=False)
-        except _Captured:
-            pass
+        self._want_output, self._grad = with_output, grad
+        with torch.set_grad_enabled(grad):
+            try:
+                self.model(input_ids=input_ids, use_cache=False)
+            except _Captured:
+                pass
         if self._x is None or (with_output and self._y is None):
             raise ModelError(f"layer {self.site.layer}'s MLP ({self.site.description}) did not run as expected during the forward pass",
                              hint="this architecture computes its MLP in a way jsaectl cannot hook; please report it")

@@ -81,7 +81,7 @@ def report(cfg: ReportConfig, reporter: Reporter = SILENT) -> ReportResult:
     from jsaectl.device import pick_device
 
     jac = st.open_store(cfg.store, "jacobian")
-    out = _check_out(cfg.out, cfg.overwrite, st.lineage(jac.url))
+    out = _check_out(cfg.out, cfg.overwrite, [jac.url])
     model = LoadedJSAE.open(jac.meta["jsae_store"], acts=jac.meta["acts_store"], device=pick_device(cfg.device))
     top = conn.query(jac, top=cfg.connections)
     scan = _scan(model, top, cfg, reporter)

@@ -351,15 +351,21 @@ def _check_creatable(url: str, what: str = "--out") -> None:
         raise StoreError(f"cannot create {what} {url}: {parent} is not a writable directory", hint=f"choose another {what}")
 
 
-def check_output_dir(path: str, reads: Sequence[str], what: str = "--out") -> str:
-    """The local folder an output (a report, an export) is written into, refused before any work
-    when it is not local, is, is inside or contains a store the command reads or follows (give
-    ``reads`` as their :func:`lineage`), lies inside any zarr store, is a file, or cannot be made
-    (a file on the way, a read-only parent: the output is written beside it, then moved in)."""
+def _local_output(path: str, reads: Sequence[str], what: str, kind: str) -> str:
+    """The resolved path of a local output ``kind`` (file or directory), checked by :func:`check_alias`."""
     url = resolve_url(path)
     if not is_local(url):
-        raise StoreError(f"{what} must be a local directory, not {path}", hint="write it locally, then copy it")
+        raise StoreError(f"{what} must be a local {kind}, not {path}", hint="write it locally, then copy it")
     check_alias(url, reads, what)
+    return url
+
+
+def check_output_dir(path: str, reads: Sequence[str], what: str = "--out") -> str:
+    """The local folder an output (a report, an export) is written into, refused before any work
+    when it is not local, is, is inside or contains a store the command reads or follows (see
+    :func:`check_alias`), lies inside any zarr store, is a file, or cannot be made (a file on the
+    way, a read-only parent: the output is written beside it, then moved in)."""
+    url = _local_output(path, reads, what, "directory")
     if os.path.lexists(url) and not os.path.isdir(url):
         raise StoreError(f"{what} {url} exists and is not a directory", hint=f"choose another {what}")
     _check_creatable(url, what)
@@ -374,10 +380,10 @@ def _same_or_inside(inner: str, outer: str) -> bool:
 
 
 def check_alias(out: str, reads: Sequence[str], what: str = "--out") -> None:
-    """Refuse an output that is, is inside, or contains a store the command reads, or that is
-    inside any existing zarr store: writing there could destroy the input."""
-    for read in reads:
-        read = resolve_url(read)
+    """Refuse an output that is, is inside, or contains a store the command reads or follows
+    (``reads`` and their :func:`lineage`), or that is inside any existing zarr store: writing
+    there could destroy the input."""
+    for read in dict.fromkeys(r for url in reads for r in lineage(url)):
         if _same_or_inside(out, read) or _same_or_inside(read, out):
             relation = "is" if _same_or_inside(out, read) and _same_or_inside(read, out) else \
                 ("is inside" if _same_or_inside(out, read) else "contains")
@@ -413,10 +419,7 @@ def check_output_file(path: str, reads: Sequence[str], what: str) -> None:
     """A file an output option names (``--plot``, ``--html``), refused before any work when it
     is, is inside or contains a store the command reads or follows, lies inside any zarr store,
     is a directory, or sits where nothing can be written."""
-    url = resolve_url(path)
-    if not is_local(url):
-        raise StoreError(f"{what} must be a local file, not {path}", hint="write it locally, then copy it")
-    check_alias(url, reads, what)
+    url = _local_output(path, reads, what, "file")
     if os.path.isdir(url):
         raise StoreError(f"{what} {url} is a directory", hint="give a file name")
     parent = os.path.dirname(url)

@@ -17,11 +17,12 @@ from jsaectl.configs import JACOBIAN_AT
 from jsaectl.errors import ConfigError, StoreError, shown
 from jsaectl.jsae import JSAE
 from jsaectl.mlp import MLPWeights
+from jsaectl.options import is_int
 from jsaectl.sae import Encoded, TopKSAE
 
 SAE_PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 # Each SAE weight's shape, in the attrs of its group (SAELens orientation).
-_SHAPES = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}
+SAE_SHAPES = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}
 
 
 class Batch(NamedTuple):
@@ -75,7 +76,7 @@ def save_jsae(store: st.Store, jsae: JSAE) -> None:
 
 def _count(value: Any) -> bool:
     """A positive integer as JSON holds one (not a bool, not 4.0)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 def jsae_problems(group: zarr.Group, meta: dict[str, Any]) -> list[tuple[str, str]]:
@@ -114,7 +115,7 @@ def _sae_problems(group: zarr.Group, name: str, meta: dict[str, Any]) -> list[tu
     elif _count(meta.get("k")) and k != meta["k"]:
         problems.append((name, f"has k {k} in its attrs, the store's k is {meta['k']} (both SAEs of a JSAE use one k)"))
     if all(_count(v) for v in dims.values()):
-        for param, axes in _SHAPES.items():
+        for param, axes in SAE_SHAPES.items():
             problems += _array_problems(group, f"{name}/{param}", tuple(dims[a] for a in axes))
     return problems
 
@@ -194,7 +195,7 @@ class LoadedJSAE:
         device = torch.device(device)
         mlp = activations.mlp(device)
         jsae = load_jsae(store, device, mlp=None if "mlp" in store.group else mlp)
-        if not all(torch.equal(a, b) for a, b in zip(mlp.tensors().values(), jsae.mlp.tensors().values())):
+        if not mlp.same_as(jsae.mlp):
             raise ConfigError(f"{acts_url} records other MLP weights than the JSAE {store.url} was trained with",
                               hint="--acts must come from the same model (and revision) and layer")
         activations.compute_on(device)  # a lazy store's model: loaded and checked once the pairing is right

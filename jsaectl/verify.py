@@ -23,7 +23,7 @@ from jsaectl import lock as locks
 from jsaectl.acts import nonfinite
 from jsaectl import store as st
 from jsaectl.checked import SPARSE_PREFIXES, base_store, crc_ok, describe_chunk
-from jsaectl.errors import ConfigError, StoreError
+from jsaectl.errors import ConfigError, StoreError, first_line
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.trained import jsae_problems
 
@@ -168,7 +168,7 @@ def _check_array(report: Report, raw: Any, name: str, array: zarr.Array, meta: d
         try:
             values = array.blocks[index]
         except Exception as e:  # a format-1 chunk that does not decode
-            report.problems.append(Problem(name, f"does not decode ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})", index))
+            report.problems.append(Problem(name, f"does not decode ({first_line(e)})", index))
             continue
         bad = _nonfinite(name, values, bits)
         if bad:

@@ -57,8 +57,6 @@ def digest(path: str | Path) -> dict[str, str]:
 def kill_at_first_checkpoint(args: list[str], out: Path, env: dict[str, str] | None = None) -> None:
     """Run `jsaectl train ARGS -o OUT` and SIGKILL it as soon as its store holds a checkpoint."""
     import signal
-    import subprocess
-    import sys
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "jsaectl", "train", *args, "-o", str(out)], stdout=subprocess.PIPE,
@@ -214,8 +212,6 @@ def jsae_store(acts_store, tmp_path_factory) -> str:
 
 if __name__ == "__main__":
     # python tests/conftest.py DIR: the tiny GPT-2 and corpus of the tests, for trying the CLI by hand.
-    import sys
-
     root = Path(sys.argv[1])
     root.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(root / "tokenizer")

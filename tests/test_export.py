@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ from typer.testing import CliRunner
 
 from jsaectl.cli import app
 from jsaectl.configs import FORMATS
+from jsaectl.connections import COLUMNS, FIELDS, Connection
 from jsaectl.export import (
-    CONNECTION_COLUMNS,
     ExportConfig,
     export,
     sparsify_tensors,
@@ -193,7 +194,7 @@ def test_a_jacobian_store_exports_the_weights_of_its_jsae(jsae_store, jac_store,
 
 def _store_rows(jac_store: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     g = zarr.open_group(jac_store, mode="r")
-    cols = {name: g["connections"][name][...] for name in CONNECTION_COLUMNS[:7]}
+    cols = {name: g["connections"][name][...] for name in COLUMNS}
     return cols, g["latents/in_label"][...], g["latents/out_label"][...]
 
 
@@ -214,12 +215,12 @@ def test_connections_csv_and_jsonl_equal_the_store(jac_store, tmp_path):
     _run(jac_store, "-f", "connections-csv", "-o", str(tmp_path / "c"))
     with open(tmp_path / "c" / "connections.csv", newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == CONNECTION_COLUMNS
+        assert tuple(reader.fieldnames) == FIELDS == tuple(f.name for f in fields(Connection))
         _check_rows(list(reader), jac_store, total)
     _run(jac_store, "-f", "connections-jsonl", "-o", str(tmp_path / "j"), "--top", "25")
     lines = (tmp_path / "j" / "connections.jsonl").read_text(encoding="utf-8").splitlines()
     rows = [json.loads(line) for line in lines]
-    assert all(tuple(r) == CONNECTION_COLUMNS for r in rows)
+    assert all(tuple(r) == FIELDS for r in rows)
     _check_rows(rows, jac_store, 25)
 
 

@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from jsaectl import __version__
-from jsaectl.errors import JsaectlError, JsaectlWarning
+from jsaectl.errors import JsaectlError, JsaectlWarning, first_line
 
 
 def _fail(message: str, hint: str | None, code: int) -> int:
@@ -93,7 +93,7 @@ def _show_warning(message: Any, category: type, filename: str, lineno: int, file
     if issubclass(category, JsaectlWarning):
         _say(f"jsaectl: note: {message}")
     else:
-        _say(f"jsaectl: note: {category.__name__}: {str(message).strip().splitlines()[0] if str(message).strip() else ''}")
+        _say(f"jsaectl: note: {category.__name__}: {first_line(message)}")
 
 
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -111,7 +111,7 @@ def _environment_error(e: BaseException) -> tuple[str, str] | None:
         where = f": {e.filename}" if e.filename else ""
         return f"{e.strerror}{where}", "check the path, its permissions and the free space"
     if type(e).__module__.startswith(("numcodecs", "zarr")) or "decompression" in str(e).lower():
-        return (f"a chunk of a store could not be decoded ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})",
+        return (f"a chunk of a store could not be decoded ({first_line(e)})",
                 "the store is damaged; run `jsaectl verify` on the stores this command read")
     return None
 
@@ -158,7 +158,10 @@ class _Boundary(TyperGroup):
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         with _signals_unwind(), warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")  # NaN/inf are refused by name
+            # numpy's arithmetic warnings (raised from numpy, or from the jsaectl line that called
+            # it): a NaN or inf that matters is refused by name where it arises.
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
+            warnings.filterwarnings("ignore", r"(invalid value|divide by zero|overflow) encountered", RuntimeWarning)
             code = self._run(args, prog_name, complete_var, extra, debug, command)
         if standalone_mode:
             sys.exit(code)

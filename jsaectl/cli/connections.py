@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from dataclasses import asdict, fields
 
 from jsaectl.cli._common import out_console
 from jsaectl.cli._generate import from_config
@@ -20,7 +19,7 @@ from jsaectl.options import Outputs
 @from_config(ConnectionsConfig)
 def connections_cmd(cfg: ConnectionsConfig, out: Outputs) -> None:
     from jsaectl import store as st
-    from jsaectl.connections import Connection, query
+    from jsaectl.connections import FIELDS, query
 
     store = st.open_store(cfg.store, "jacobian")
     found = query(store, inputs=cfg.input_latent, outputs=cfg.output_latent, top=cfg.top,
@@ -29,9 +28,9 @@ def connections_cmd(cfg: ConnectionsConfig, out: Outputs) -> None:
         sys.stdout.write(json.dumps({"store": store.url, "n_tokens": store.meta["n_tokens"],
                                      "connections": [c.to_json() for c in found]}, ensure_ascii=False) + "\n")
     elif out.csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=[f.name for f in fields(Connection)], lineterminator="\n")
+        writer = csv.DictWriter(sys.stdout, fieldnames=FIELDS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(asdict(c) for c in found)
+        writer.writerows(c.to_json() for c in found)
     else:
         title = connections_title(len(found), cfg.input_latent, cfg.output_latent)
         if cfg.sort != "strength":

@@ -1,9 +1,8 @@
-"""The tables and charts that several commands print, rendered in one place: the sparsity
-summary, the |J| histogram and the connections table (jacobian, connections)."""
+"""The tables and charts of the Jacobian analysis, rendered in one place: the sparsity summary
+and the |J| histogram (jacobian), and the connections table (jacobian, connections)."""
 
 from __future__ import annotations
 
-import numpy as np
 from rich.table import Table
 from rich.text import Text
 
@@ -52,6 +51,8 @@ def histogram(result, width: int = 40) -> Text:
     total = counts.sum()
     if total == 0:
         return text.append("  (no non-zero entries)\n")
+    import numpy as np  # here: the CLI starts without numpy
+
     shown = np.flatnonzero(counts >= 0.001 * total)  # trim the near-empty tails
     lo, hi = shown[0], shown[-1]
     peak = counts.max()
