@@ -110,13 +110,13 @@ def examples(model: LoadedJSAE, side: str, latent: int, rows: np.ndarray, scores
 def maxact(cfg: MaxactConfig, reporter: Reporter = SILENT) -> MaxactResult:
     from jsaectl.device import pick_device
 
-    given = st.open_store(cfg.jsae, ("jsae", "jacobian"))
     model = LoadedJSAE.open(cfg.jsae, acts=cfg.acts, device=pick_device(cfg.device), include_bos=cfg.include_bos)
     cfg.check_latents(model.n_latents)
-    why = _why_scan(given, cfg)
+    jac = model.jacobian
+    why = _why_scan(jac, cfg)
     if why is None:
-        result = _from_store(given, cfg, model)
-        result.source = f"{given.url}, which keeps them (from the {given.meta['n_tokens']:,} tokens it analysed)"
+        result = _from_store(jac, cfg, model)
+        result.source = f"{jac.url}, which keeps them (from the {jac.meta['n_tokens']:,} tokens it analysed)"
         return result
     n_tokens = min(cfg.tokens or model.acts.n_tokens, model.acts.n_tokens)
     began = time.perf_counter()
@@ -129,12 +129,12 @@ def maxact(cfg: MaxactConfig, reporter: Reporter = SILENT) -> MaxactResult:
     return result
 
 
-def _why_scan(given: st.Store, cfg: MaxactConfig) -> str | None:
-    """Why the activations must be scanned ("" for a jsae store), or None when the jacobian
-    store ``given`` holds the answer."""
-    if given.kind != "jacobian":
+def _why_scan(jac: st.Store | None, cfg: MaxactConfig) -> str | None:
+    """Why the activations must be scanned ("" without a jacobian store), or None when the
+    jacobian store ``jac`` holds the answer."""
+    if jac is None:
         return ""
-    meta, g = given.meta, given.group
+    meta, g = jac.meta, jac.group
     keep = int(g["latents/in_top_rows"].shape[1]) if "latents/in_top_rows" in g else 0
     if cfg.acts is not None and st.resolve_url(cfg.acts) != meta.get("acts_store"):
         return "--acts names other activations than the jacobian store analysed"
@@ -149,7 +149,7 @@ def _why_scan(given: st.Store, cfg: MaxactConfig) -> str | None:
             "the jacobian store predates the totals --top-latents ranks by"
     if cfg.rank_by != "jacobian":
         return "the jacobian store ranks a connection's tokens by |J|, not by --rank-by product"
-    if _stored_pair(given, cfg.connection) is None:
+    if _stored_pair(jac, cfg.connection) is None:
         held = int(g["examples/pair_input"].shape[0]) if "examples/pair_input" in g else 0
         return f"the jacobian store keeps examples for its {held:,} strongest connections, not for {cfg.connection[0]}:{cfg.connection[1]}"
     return None

@@ -82,7 +82,7 @@ def report(cfg: ReportConfig, reporter: Reporter = SILENT) -> ReportResult:
 
     jac = st.open_store(cfg.store, "jacobian")
     out = _check_out(cfg.out, cfg.overwrite, [jac.url])
-    model = LoadedJSAE.open(jac.meta["jsae_store"], acts=jac.meta["acts_store"], device=pick_device(cfg.device))
+    model = LoadedJSAE.open(jac.url, device=pick_device(cfg.device))
     top = conn.query(jac, top=cfg.connections)
     scan = _scan(model, top, cfg, reporter)
     pages = _pages(jac, model, top, scan, cfg, reporter)

@@ -170,20 +170,25 @@ class LoadedJSAE:
     jsae: JSAE
     device: torch.device
     include_bos: bool = False
+    jacobian: st.Store | None = None
+    """The jacobian store the JSAE was opened through (None when opened as a jsae store)."""
 
     @classmethod
     def open(cls, url: str, *, acts: str | None = None, device: torch.device | str = "cpu",
              include_bos: bool = False) -> LoadedJSAE:
-        store = st.open_store(url, ("jsae", "jacobian"))
-        if store.kind == "jacobian":  # it stands for the JSAE it was made from
-            store = st.open_store(store.meta["jsae_store"], "jsae")
-        acts_url = acts or store.meta["acts_store"]
+        opened = st.open_store(url, ("jsae", "jacobian"))
+        jacobian = opened if opened.kind == "jacobian" else None
+        # A jacobian store stands for the JSAE it was made from, over the activations it analysed
+        # (the rows its examples and labels point to); a jsae store, over its training activations.
+        store = st.open_store(jacobian.meta["jsae_store"], "jsae") if jacobian else opened
+        acts_url = acts or (jacobian or store).meta["acts_store"]
         try:
             activations = Activations.open(acts_url)
         except StoreError as e:
             if acts:
                 raise
-            raise StoreError(f"the activations this JSAE was trained on are gone ({e.message})",
+            what = "the jacobian store analysed" if jacobian else "this JSAE was trained on"
+            raise StoreError(f"the activations {what} are gone ({e.message})",
                              hint="pass --acts with an activations store of the same model and layer") from None
         if acts and site_of(activations.meta) != site_of(store.meta):
             raise ConfigError(f"--acts {acts_url} holds activations of {describe_site(activations.meta)}, "
@@ -199,7 +204,7 @@ class LoadedJSAE:
             raise ConfigError(f"{acts_url} records other MLP weights than the JSAE {store.url} was trained with",
                               hint="--acts must come from the same model (and revision) and layer")
         activations.compute_on(device)  # a lazy store's model: loaded and checked once the pairing is right
-        return cls(store, activations, jsae, device, include_bos)
+        return cls(store, activations, jsae, device, include_bos, jacobian)
 
     @property
     def k(self) -> int:

@@ -18,6 +18,7 @@ from jsaectl.acts import Activations
 from jsaectl.cli import app
 from jsaectl.harvest import HarvestConfig, harvest
 from jsaectl.jacobian import JacobianConfig, jacobian
+from jsaectl.store import open_store
 from jsaectl.trained import LoadedJSAE
 
 runner = CliRunner()
@@ -233,3 +234,23 @@ def test_maxact_answers_from_the_jacobian_store_and_equals_a_scan(jac):
             assert np.allclose([e["activation"] for e in x["examples"]], [e["activation"] for e in y["examples"]], atol=1e-5)
     more = runner.invoke(app, ["maxact", jac, "--latent", "3", "--examples", "30"])
     assert more.exit_code == 0 and "keeps 20 examples per latent" in more.stderr
+
+
+def test_maxact_on_a_jacobian_store_of_held_out_text_shows_that_text(jsae_store, gpt2_dir, corpus, tmp_path):
+    # The jacobian store's examples are rows of the activations it analysed, not of the JSAE's training ones.
+    held_text = tmp_path / "held.jsonl"
+    held_text.write_text("\n".join(Path(corpus).read_text().splitlines()[::-1]) + "\n")
+    held = harvest(HarvestConfig(model=str(gpt2_dir), layer=1, dataset=str(held_text), tokens=4_000, context_size=32,
+                                 dtype="float32", out=str(tmp_path / "held.zarr"))).store
+    jac = jacobian(JacobianConfig(jsae=jsae_store, acts=held, tokens=4_000, out=str(tmp_path / "jac.zarr"))).store
+    n = open_store(jac, "jacobian").meta["n_tokens"] + 4_000 // 32
+    args = ["--side", "out", "--top-latents", "2", "--examples", "5", "--json"]
+    fast = runner.invoke(app, ["maxact", jac, *args])
+    slow = runner.invoke(app, ["maxact", jac, *args, "--acts", held, "--tokens", str(n)])
+    assert fast.exit_code == slow.exit_code == 0, fast.output + slow.output
+    assert "which keeps them" in fast.stderr and "a scan of" in slow.stderr
+    a, b = (json.loads(r.stdout)["latents"] for r in (fast, slow))
+    assert sum(len(x["examples"]) for x in a) > 0
+    for x, y in zip(a, b, strict=True):
+        assert [(e["row"], e["tokens"]) for e in x["examples"]] == [(e["row"], e["tokens"]) for e in y["examples"]]
+        assert np.allclose([e["activation"] for e in x["examples"]], [e["activation"] for e in y["examples"]], atol=1e-5)
