@@ -589,7 +589,7 @@ class ContrastConfig:
         "`jacobian` labels them (a jacobian store holds labels: nothing is scanned)."))
     include_bos: bool = option(False, help=(
         "Include the BOS token that starts each context (skipped by default, as in training)."))
-    batch_size: int = option(16, short="-b", help="Contexts per forward pass.")
+    batch_size: int = option(16, short="-b", help="Contexts per forward pass (and per batch when labelling latents).")
     device: str = option("auto", help=DEVICE_HELP)
 
     def __post_init__(self) -> None:

@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from jsaectl import store as st
 from jsaectl.configs import ContrastConfig
+from jsaectl.connections import query
 from jsaectl.data import describe_source, iter_contexts, open_source
 from jsaectl.errors import DataError
+from jsaectl.jacobian import labels_for, pair_stats, reduce_pairs
+from jsaectl.jsae import active_pairs
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.trained import LoadedJSAE
 
@@ -81,9 +83,8 @@ class _Side:
 def contrast(cfg: ContrastConfig, reporter: Reporter = SILENT) -> ContrastResult:
     from jsaectl.device import pick_device
 
-    given = st.open_store(cfg.jsae, ("jsae", "jacobian"))
-    jac = given if given.kind == "jacobian" else None
     model = LoadedJSAE.open(cfg.jsae, device=pick_device(cfg.device), include_bos=cfg.include_bos)
+    jac = model.jacobian
     lm = model.acts.model(model.device)
     sides = [_count(model, lm, source, cfg, keep_x=jac is None and name == "a", reporter=reporter)
              for name, source in (("a", cfg.a), ("b", cfg.b))]
@@ -92,11 +93,11 @@ def contrast(cfg: ContrastConfig, reporter: Reporter = SILENT) -> ContrastResult
         where = f"the connections of {jac.url}"
         for o in ranked["out"]:
             o.computed_by = [{"input": c.input, "label": c.input_label, "strength": c.strength, "mean_J": c.mean,
-                              "tokens": c.count} for c in _query(jac, o.latent, cfg.inputs)]
+                              "tokens": c.count} for c in query(jac, outputs=(o.latent,), top=cfg.inputs)]
     else:
         where = f"Σ|J| over A's {sides[0].tokens:,} tokens"
         _measure(model, sides[0], ranked["out"], cfg)
-    _label(jac, model, ranked, cfg, reporter)
+    _label(model, ranked, cfg, reporter)
     info = [{"source": s.source, "described": describe_source(s.source), "tokens": s.tokens} for s in sides]
     return ContrastResult(model.store.url, info[0], info[1], ranked["in"], ranked["out"], where)
 
@@ -104,7 +105,7 @@ def contrast(cfg: ContrastConfig, reporter: Reporter = SILENT) -> ContrastResult
 @torch.no_grad()
 def _count(model: LoadedJSAE, lm: Any, source: str, cfg: ContrastConfig, keep_x: bool, reporter: Reporter) -> _Side:
     """Every latent's active count and summed activation over the first ``cfg.tokens`` tokens of ``source``."""
-    T, skip = model.acts.context_size, model.acts.bos and not cfg.include_bos
+    T, skip = model.acts.context_size, model.acts.skips_bos(cfg.include_bos)
     pieces = open_source(source, text_column=cfg.text_column)
     contexts = list(islice(iter_contexts(pieces, lm.tokenizer, T, bos=model.acts.bos, keep_last=True), -(-cfg.tokens // T)))
     side = _Side(source, count={s: torch.zeros(model.n_latents, dtype=torch.int64) for s in ("in", "out")},
@@ -146,48 +147,33 @@ def _rank(a: _Side, b: _Side, side: str, top: int) -> list[LatentContrast]:
                            mean(b, i), round(float(log_odds[i]), 4), round(float(lower[i]), 4)) for i in order.tolist()]
 
 
-def _query(jac: st.Store, output: int, top: int) -> list[Any]:
-    from jsaectl.connections import query
-
-    return query(jac, outputs=(output,), top=top)
-
-
 @torch.no_grad()
 def _measure(model: LoadedJSAE, a: _Side, outputs: list[LatentContrast], cfg: ContrastConfig) -> None:
     """The input latents computing each top output latent, measured on A's tokens: Σ|J|, Σ J and
     the count of each (output, input) pair where both are active."""
     n = model.n_latents
     wanted = torch.tensor([o.latent for o in outputs], device=model.device)
-    keys, values = [], []
-    for x in a.x:
-        out = model.jsae(x, None, jacobian="value")
-        rows = (out.jac_out.values > 0) & torch.isin(out.jac_out.indices, wanted)  # [B, k_out]
-        both = rows[:, :, None] & (out.code_in.values > 0)[:, None, :]  # [B, k_out, k_in]
-        keys.append((out.jac_out.indices[:, :, None] * n + out.code_in.indices[:, None, :])[both].cpu())
-        values.append(out.J[both].double().cpu())
-    uniq, inverse = torch.unique(torch.cat(keys), return_inverse=True)
-    v = torch.cat(values)
-    sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, v.abs())
-    signed = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, v)
-    counts = torch.bincount(inverse, minlength=len(uniq))
+    keys, stats = [], []
+    for x in a.x:  # only the entries into the wanted output latents: not the k × k of every token
+        out = model.jsae(x, None, jacobian="codes")
+        both, key = active_pairs(out.code_in, out.jac_out, n)  # [B, k_out, k_in] each
+        both &= torch.isin(out.jac_out.indices, wanted)[:, :, None]
+        token, o_slot, i_slot = torch.nonzero(both, as_tuple=True)
+        keys.append(key[both].cpu())
+        stats.append(pair_stats(model.jsae.entries(x, out, token, i_slot, o_slot)))
+    uniq, _, summed = reduce_pairs(torch.cat(keys), torch.cat(stats))
+    counts, sums, signed = summed[:, 0], summed[:, 1], summed[:, 2]
     for o in outputs:
-        mine = torch.nonzero(uniq // n == o.latent).squeeze(1)
+        mine = torch.nonzero(uniq % n == o.latent).squeeze(1)
         mine = mine[torch.argsort(sums[mine], descending=True)][: cfg.inputs]
-        o.computed_by = [{"input": int(uniq[u] % n), "label": "", "strength": float(sums[u]) / a.tokens,
+        o.computed_by = [{"input": int(uniq[u] // n), "label": "", "strength": float(sums[u]) / a.tokens,
                           "mean_J": float(signed[u] / counts[u]), "tokens": int(counts[u])} for u in mine.tolist()]
 
 
-def _label(jac: st.Store | None, model: LoadedJSAE, ranked: dict[str, list[LatentContrast]], cfg: ContrastConfig,
-           reporter: Reporter) -> None:
+def _label(model: LoadedJSAE, ranked: dict[str, list[LatentContrast]], cfg: ContrastConfig, reporter: Reporter) -> None:
     shown = {"in": sorted({x.latent for x in ranked["in"]} | {c["input"] for o in ranked["out"] for c in o.computed_by}),
              "out": sorted({x.latent for x in ranked["out"]})}
-    if jac is not None:
-        stored = {side: jac.array(f"latents/{side}_label")[...] for side in ("in", "out")}
-        labels = {(side, i): str(stored[side][i]) for side, ids in shown.items() for i in ids}
-    else:
-        from jsaectl.jacobian import latent_labels
-
-        labels = latent_labels(model, shown, min(cfg.label_tokens, model.acts.n_tokens), cfg.batch_size * 64, reporter)
+    labels, _ = labels_for(model, shown, cfg.label_tokens, cfg.batch_size * model.acts.context_size, reporter)
     for side, items in ranked.items():
         for x in items:
             x.label = labels.get((side, x.latent), "")

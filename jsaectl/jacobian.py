@@ -35,6 +35,7 @@ from jsaectl.configs import JacobianConfig
 from jsaectl.options import identity
 from jsaectl import connections, sparsity, tracking
 from jsaectl.connections import Connection
+from jsaectl.jsae import active_pairs
 from jsaectl.trained import LoadedJSAE
 from jsaectl.text import label
 from jsaectl.progress import SILENT, Reporter
@@ -63,6 +64,23 @@ class JacobianResult:
                 **({"linearity": self.linearity} if self.linearity else {})}
 
 
+def pair_stats(J: torch.Tensor) -> torch.Tensor:
+    """``[P, 4]`` float64 on the CPU: the statistics of single entries ``J [P]`` (count 1, |J|, J,
+    |J|), as :func:`reduce_pairs` sums them per pair."""
+    absJ = J.abs().double().cpu()
+    return torch.stack([torch.ones_like(absJ), absJ, J.double().cpu(), absJ], 1)
+
+
+def reduce_pairs(keys: torch.Tensor, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per distinct pair key: ``(keys [U], inverse [P] (each row's pair), stats [U, 4])`` with
+    stats = (count, Σ|J|, Σ J, max |J|) summed over the rows of ``stats`` (see :func:`pair_stats`)."""
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    out = torch.zeros(len(uniq), 4, dtype=torch.float64)
+    out[:, :3].index_add_(0, inverse, stats[:, :3])
+    out[:, 3].scatter_reduce_(0, inverse, stats[:, 3], "amax")
+    return uniq, inverse, out
+
+
 class _PairAccumulator:
     """Exact sums per (input, output) latent pair, keyed by ``input * n + output``, in bounded
     memory: when more than ``max_pairs`` distinct pairs are held, they are spilled to disk in
@@ -79,24 +97,15 @@ class _PairAccumulator:
         self._spills = 0
 
     def add(self, keys: torch.Tensor, J: torch.Tensor) -> None:
-        absJ = J.abs().double().cpu()
-        self._pending.append((keys.cpu(), torch.stack([torch.ones_like(absJ), absJ, J.double().cpu(), absJ], 1)))
+        self._pending.append((keys.cpu(), pair_stats(J)))
         self._pending_size += keys.numel()
         if self._pending_size > self.max_pairs:
             self._reduce_pending()
 
-    @staticmethod
-    def _reduce(keys: torch.Tensor, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        uniq, inverse = torch.unique(keys, return_inverse=True)
-        out = torch.zeros(len(uniq), 4, dtype=torch.float64)
-        out[:, :3].index_add_(0, inverse, stats[:, :3])
-        out[:, 3].scatter_reduce_(0, inverse, stats[:, 3], "amax")
-        return uniq, out
-
     def _reduce_pending(self) -> None:
         if self._pending:
-            self.keys, self.stats = self._reduce(torch.cat([self.keys] + [k for k, _ in self._pending]),
-                                                 torch.cat([self.stats] + [s for _, s in self._pending]))
+            self.keys, _, self.stats = reduce_pairs(torch.cat([self.keys] + [k for k, _ in self._pending]),
+                                                    torch.cat([self.stats] + [s for _, s in self._pending]))
             self._pending, self._pending_size = [], 0
         if len(self.keys) > self.max_pairs:
             self._spill()
@@ -121,8 +130,8 @@ class _PairAccumulator:
         for p in range(self.PARTITIONS):
             parts = [(np.load(os.path.join(self.spill_dir, f"p{p:02d}_{i:05d}_keys.npy")),
                       np.load(os.path.join(self.spill_dir, f"p{p:02d}_{i:05d}_stats.npy"))) for i in range(self._spills)]
-            k, s = self._reduce(torch.from_numpy(np.concatenate([a for a, _ in parts])),
-                                torch.from_numpy(np.concatenate([b for _, b in parts])))
+            k, _, s = reduce_pairs(torch.from_numpy(np.concatenate([a for a, _ in parts])),
+                                   torch.from_numpy(np.concatenate([b for _, b in parts])))
             distinct += len(k)
             best_k, best_s = torch.cat([best_k, k]), torch.cat([best_s, s])
             if len(best_k) > keep:
@@ -184,8 +193,7 @@ def _analyse(cfg: JacobianConfig, model: LoadedJSAE, scanned: int, store: st.Sto
         summary.add(J)
         absJ = J.abs()
         hist += np.bincount(np.searchsorted(HIST_EDGES, absJ[absJ > 0].cpu().numpy()), minlength=len(HIST_EDGES) + 1)
-        both = (batch.jac_out.values > 0)[:, :, None] & (batch.code_in.values > 0)[:, None, :]
-        key = batch.code_in.indices[:, None, :] * n + batch.jac_out.indices[:, :, None]  # [B, k_out, k_in]
+        both, key = active_pairs(batch.code_in, batch.jac_out, n)  # [B, k_out, k_in] each
         pairs.add(key[both], J[both])
         for side, code in (("in", batch.code_in), ("out", batch.code_out)):
             tops[side].update_codes(code.indices.cpu(), code.values.cpu(), batch.rows.cpu())
@@ -221,20 +229,20 @@ def _pair_examples(model: LoadedJSAE, keys: torch.Tensor, scanned: int, cfg: Jac
     where one of these connections is active, its J entry: so that `maxact --connection` on
     the store answers at once."""
     n, order = model.n_latents, torch.argsort(keys)
-    sorted_keys = keys[order].to(model.device)
+    sorted_keys, order = keys[order].to(model.device), order.to(model.device)
     tops = TopExamples(len(keys), cfg.label_examples)
     if not len(keys):
         return tops
     reporter.start("connection examples", model.analysed_rows(scanned), "tokens")
     for rows, x, y in model.acts.batches(scanned, cfg.batch_size, model.include_bos, model.device):
         out = model.jsae(x, y, jacobian="codes")
-        both = (out.jac_out.values > 0)[:, :, None] & (out.code_in.values > 0)[:, None, :]  # [B, k_out, k_in]
-        key = (out.code_in.indices[:, None, :] * n + out.jac_out.indices[:, :, None])[both]
+        both, key = active_pairs(out.code_in, out.jac_out, n)  # [B, k_out, k_in] each
+        key = key[both]
         pos = torch.searchsorted(sorted_keys, key).clamp(max=len(keys) - 1)
         hit = sorted_keys[pos] == key
         token, o_slot, i_slot = (idx[hit] for idx in torch.nonzero(both, as_tuple=True))
         J = model.jsae.entries(x, out, token, i_slot, o_slot)
-        tops.update(order.to(model.device)[pos[hit]].cpu(), J.abs().cpu(), torch.from_numpy(rows)[token.cpu()])
+        tops.update(order[pos[hit]].cpu(), J.abs().cpu(), torch.from_numpy(rows)[token.cpu()])
         reporter.advance(len(rows))
     reporter.finish()
     return tops
@@ -262,6 +270,22 @@ def latent_labels(model: LoadedJSAE, latents: dict[str, list[int]], n_tokens: in
     reporter.finish()
     found = {side: _labels(tops[side], model.acts) for side in latents}
     return {(side, latent): str(found[side][i]) for side, ids in latents.items() for i, latent in enumerate(ids)}
+
+
+def labels_for(model: LoadedJSAE, shown: dict[str, list[int]], n_tokens: int, batch_size: int,
+               reporter: Reporter = SILENT) -> tuple[dict[tuple[str, int], str], str]:
+    """Labels of the latents ``shown`` (``{"in": [...], "out": [...]}``) and where they come from:
+    the jacobian store the JSAE was opened through, or else computed over the first ``n_tokens``
+    rows of its activations (``batch_size`` tokens a batch)."""
+    jac = model.jacobian
+    if jac is not None:
+        stored = {side: jac.array(f"latents/{side}_label")[...] for side in shown}
+        return {(side, i): str(stored[side][i]) for side, ids in shown.items() for i in ids}, f"from {jac.url}"
+    n_tokens = min(n_tokens, model.acts.n_tokens)
+    reporter.note(f"labelling {sum(map(len, shown.values()))} latents from {n_tokens:,} tokens of {model.acts.url} "
+                  "(give a jacobian store for its labels, at once)")
+    found = latent_labels(model, shown, n_tokens, batch_size, reporter)
+    return found, f"computed from {model.analysed_rows(n_tokens):,} tokens of {model.acts.url}"
 
 
 def _labels(tops: TopExamples, acts: Any) -> np.ndarray:

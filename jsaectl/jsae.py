@@ -171,6 +171,14 @@ class JSAEOutput(NamedTuple):
         return self.jac_sum / self.J.numel()
 
 
+def active_pairs(code_in: Encoded, jac_out: Encoded, n_latents: int) -> tuple[Tensor, Tensor]:
+    """The entries of J that join two active latents, ``both [B, k_out, k_in]``, and the key of
+    each entry's (input, output) latent pair, ``input * n_latents + output`` ``[B, k_out, k_in]``."""
+    both = (jac_out.values > 0)[:, :, None] & (code_in.values > 0)[:, None, :]
+    keys = code_in.indices[:, None, :] * n_latents + jac_out.indices[:, :, None]
+    return both, keys
+
+
 class JSAE(nn.Module):
     """Both SAEs (``sae_in`` on the MLP's input, ``sae_out`` on its output) and the MLP's
     weights (not parameters: they are never trained)."""
@@ -230,8 +238,9 @@ class JSAE(nn.Module):
     def entries(self, x: Tensor, out: JSAEOutput, token: Tensor, in_slot: Tensor, out_slot: Tensor,
                 chunk: int = 4096) -> Tensor:
         """``[P]`` the entries ``J[token, out_slot, in_slot]`` alone, as a forward with
-        ``jacobian="value"`` would give them (``out``: the forward of ``x`` with at least
-        ``jacobian="codes"``): for a few pairs of many tokens, without the k × k of each."""
+        ``jacobian="value"`` would give them where the output latent is active (``out``: the
+        forward of ``x`` with at least ``jacobian="codes"``; ask only for active pairs, see
+        :func:`active_pairs`): for a few pairs of many tokens, without the k × k of each."""
         with torch.autocast(x.device.type, enabled=False):
             slopes = self.mlp.slopes(self.evaluation_point(x, out.x_hat).float())  # [B, m] each, once per token
         U_T, Vs = self.factors()

@@ -34,6 +34,7 @@ from jsaectl import store as st
 from jsaectl import tracking
 from jsaectl.configs import ReportConfig
 from jsaectl.errors import StoreError
+from jsaectl.jsae import active_pairs
 from jsaectl.maxact import Example, examples
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.topk import TopExamples, slots
@@ -120,8 +121,8 @@ def _scan(model: LoadedJSAE, top: list[conn.Connection], cfg: ReportConfig, repo
         rows = batch.rows.cpu()
         for side, code in (("in", batch.code_in), ("out", batch.code_out)):
             tops[side].update_codes(code.indices.cpu(), code.values.cpu(), rows, slot[side])
-        both = ((batch.jac_out.values > 0)[:, :, None] & (batch.code_in.values > 0)[:, None, :]).cpu()
-        pair_keys = (batch.code_in.indices[:, None, :] * n + batch.jac_out.indices[:, :, None]).cpu()[both]
+        both, pair_keys = (t.cpu() for t in active_pairs(batch.code_in, batch.jac_out, n))
+        pair_keys = pair_keys[both]
         pos = torch.searchsorted(keys, pair_keys).clamp(max=len(keys) - 1)
         hit = keys[pos] == pair_keys
         tops["pair"].update(pos[hit], batch.J.abs().cpu()[both][hit], rows[:, None, None].expand_as(both)[both][hit])

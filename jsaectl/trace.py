@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from jsaectl import store as st
 from jsaectl.configs import TraceConfig
 from jsaectl.data import text_contexts
 from jsaectl.errors import DataError
+from jsaectl.jacobian import labels_for, pair_stats, reduce_pairs
+from jsaectl.jsae import active_pairs
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.trained import LoadedJSAE
 
@@ -111,21 +112,23 @@ def read_text(cfg: TraceConfig) -> str:
 def trace(cfg: TraceConfig, text: str, reporter: Reporter = SILENT) -> TraceResult:
     from jsaectl.device import pick_device
 
-    given = st.open_store(cfg.jsae, ("jsae", "jacobian"))
-    jac = given if given.kind == "jacobian" else None
     model = LoadedJSAE.open(cfg.jsae, device=pick_device(cfg.device), include_bos=cfg.include_bos)
     lm = model.acts.model(model.device)
     contexts = _contexts(text, lm.tokenizer, model)
     began = time.perf_counter()
-    ids = np.concatenate([c[1:] if model.acts.bos and not cfg.include_bos else c for c in contexts])
-    code_in, code_out, jac_out, J = _run(model, lm, contexts, cfg.include_bos)
+    skip = model.acts.skips_bos(cfg.include_bos)  # the tokens the JSAE reads: BOS left out unless asked
+    ids = np.concatenate([c[1:] if skip else c for c in contexts])
+    code_in, code_out, jac_out, J = _run(model, lm, contexts, skip)
     texts = model.acts.token_texts(ids)
     n = len(ids)
     per_token = [_token(i, texts[i], code_in, code_out, jac_out, J, cfg.top) for i in range(n)]
     links = _links(code_in, jac_out, J, texts, cfg.connections, model.n_latents)
     seconds = time.perf_counter() - began
-    labels, where = _labels(jac, model, per_token, links, cfg, reporter)
+    shown = {"in": sorted({x.latent for t in per_token for x in t.inputs} | {c.input for c in links}),
+             "out": sorted({x.latent for t in per_token for x in t.outputs} | {c.output for c in links})}
+    labels, where = labels_for(model, shown, cfg.label_tokens, cfg.batch_size, reporter)
     _label_all(per_token, links, labels)
+    jac = model.jacobian
     return TraceResult(model.store.url, jac.url if jac else None, where, n, per_token, links, seconds)
 
 
@@ -143,19 +146,20 @@ def _contexts(text: str, tokenizer: Any, model: LoadedJSAE) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def _run(model: LoadedJSAE, lm: Any, contexts: list[np.ndarray], include_bos: bool) -> tuple[Any, Any, Any, torch.Tensor]:
-    """Codes and J of every token the JSAE reads (BOS left out unless ``include_bos``)."""
-    skip = model.acts.bos and not include_bos
+def _run(model: LoadedJSAE, lm: Any, contexts: list[np.ndarray], skip: bool) -> tuple[Any, Any, Any, torch.Tensor]:
+    """Codes and J (on the CPU) of every token of ``contexts`` the JSAE reads (their BOS left out
+    when ``skip``)."""
     xs = []
     for c in contexts:
         x = lm.forward(torch.from_numpy(c.astype(np.int64))[None]).float()[0]  # [T', d]
         xs.append(x[1:] if skip else x)
     out = model.jsae(torch.cat(xs).to(model.device), None, jacobian="value")
-    return out.code_in, out.code_out, out.jac_out, out.J
+    cpu = [type(code)(*(t.cpu() for t in code)) for code in (out.code_in, out.code_out, out.jac_out)]  # one copy each
+    return *cpu, out.J.cpu()
 
 
 def _active(code: Any, b: int, top: int) -> tuple[list[Latent], list[int]]:
-    values, ids = code.values[b].cpu(), code.indices[b].cpu()
+    values, ids = code.values[b], code.indices[b]
     order = torch.argsort(values, descending=True)
     active = [int(ids[i]) for i in order if values[i] > 0]
     return [Latent(int(ids[i]), round(float(values[i]), 5), "") for i in order[:top] if values[i] > 0], active
@@ -164,7 +168,7 @@ def _active(code: Any, b: int, top: int) -> tuple[list[Latent], list[int]]:
 def _token(b: int, text: str, code_in: Any, code_out: Any, jac_out: Any, J: torch.Tensor, top: int) -> TokenTrace:
     inputs, active_in = _active(code_in, b, top)
     outputs, active_out = _active(code_out, b, top)
-    Jb = J[b].cpu()  # [k_out, k_in]: rows jac_out's latents, columns code_in's
+    Jb = J[b]  # [k_out, k_in]: rows jac_out's latents, columns code_in's
     flat = torch.argsort(Jb.abs().flatten(), descending=True)[:top]
     k_in = Jb.shape[1]
     entries = [Entry(int(code_in.indices[b, f % k_in]), int(jac_out.indices[b, f // k_in]), round(float(Jb.flatten()[f]), 6))
@@ -174,14 +178,11 @@ def _token(b: int, text: str, code_in: Any, code_out: Any, jac_out: Any, J: torc
 
 def _links(code_in: Any, jac_out: Any, J: torch.Tensor, texts: list[str], top: int, n: int) -> list[Link]:
     """The connections carrying most of Σ|J| over the text, and the tokens where each acts."""
-    both = (jac_out.values > 0)[:, :, None] & (code_in.values > 0)[:, None, :]  # [B, k_out, k_in]
-    keys = (code_in.indices[:, None, :] * n + jac_out.indices[:, :, None])[both].cpu()
-    values = J[both].cpu().double()
-    rows = torch.arange(J.shape[0])[:, None, None].expand_as(both)[both.cpu()]
-    uniq, inverse = torch.unique(keys, return_inverse=True)
-    sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, values.abs())
-    signed = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, values)
-    counts = torch.bincount(inverse, minlength=len(uniq))
+    both, keys = active_pairs(code_in, jac_out, n)  # [B, k_out, k_in] each
+    values = J[both].double()
+    rows = torch.arange(J.shape[0])[:, None, None].expand_as(both)[both]
+    uniq, inverse, stats = reduce_pairs(keys[both], pair_stats(values))
+    counts, sums, signed = stats[:, 0], stats[:, 1], stats[:, 2]
     links = []
     for u in torch.argsort(sums, descending=True)[:top].tolist():
         where = torch.nonzero(inverse == u).squeeze(1)
@@ -191,25 +192,6 @@ def _links(code_in: Any, jac_out: Any, J: torch.Tensor, texts: list[str], top: i
         links.append(Link(key // n, key % n, "", "", round(float(sums[u]), 6), round(float(signed[u] / counts[u]), 6),
                           int(counts[u]), acts))
     return links
-
-
-def _labels(jac: st.Store | None, model: LoadedJSAE, tokens: list[TokenTrace], links: list[Link], cfg: TraceConfig,
-            reporter: Reporter) -> tuple[dict[tuple[str, int], str], str]:
-    """Labels of every latent shown: a jacobian store's, or computed from the activations."""
-    shown = {"in": sorted({x.latent for t in tokens for x in t.inputs} | {e.input for t in tokens for e in t.entries}
-                          | {c.input for c in links}),
-             "out": sorted({x.latent for t in tokens for x in t.outputs} | {e.output for t in tokens for e in t.entries}
-                           | {c.output for c in links})}
-    if jac is not None:
-        stored = {side: jac.array(f"latents/{side}_label")[...] for side in ("in", "out")}
-        return {(side, i): str(stored[side][i]) for side, ids in shown.items() for i in ids}, f"from {jac.url}"
-    from jsaectl.jacobian import latent_labels
-
-    n_tokens = min(cfg.label_tokens, model.acts.n_tokens)
-    reporter.note(f"labelling {sum(map(len, shown.values()))} latents from {n_tokens:,} tokens of {model.acts.url} "
-                  "(give a jacobian store for its labels, at once)")
-    found = latent_labels(model, shown, n_tokens, cfg.batch_size, reporter)
-    return found, f"computed from {model.analysed_rows(n_tokens):,} tokens of {model.acts.url}"
 
 
 def _label_all(tokens: list[TokenTrace], links: list[Link], labels: dict[tuple[str, int], str]) -> None:

@@ -18,6 +18,7 @@ from jsaectl.acts import Activations
 from jsaectl.cli import app
 from jsaectl.harvest import HarvestConfig, harvest
 from jsaectl.jacobian import JacobianConfig, jacobian
+from jsaectl.jsae import active_pairs
 from jsaectl.store import open_store
 from jsaectl.trained import LoadedJSAE
 
@@ -166,7 +167,8 @@ def test_contrast_counts_are_counts_made_by_hand(jsae_store, gpt2_dir, labelled,
                                                       tokens=3200, context_size=32, dtype="float32",
                                                       out=str(tmp_path / f"{lang}.zarr"))).store)
         keep = acts.keep(0, acts.n_tokens, False)
-        out = model.jsae(torch.from_numpy(acts.read("x", 0, acts.n_tokens)[keep]), None, jacobian="off")
+        x = torch.from_numpy(acts.read("x", 0, acts.n_tokens)[keep])
+        out = model.jsae(x, None, jacobian="value")
         counts[side] = (out, int(keep.sum()))
         assert result[side]["tokens"] == int(keep.sum())
     for side, code in (("inputs", "code_in"), ("outputs", "code_out")):
@@ -183,6 +185,20 @@ def test_contrast_counts_are_counts_made_by_hand(jsae_store, gpt2_dir, labelled,
     lowers = [x["lower"] for x in result["outputs"]]
     assert lowers == sorted(lowers, reverse=True)
     assert all(o["computed_by"] for o in result["outputs"][:2]) and "over A's" in result["computed_by"]
+    # What computes each output latent, measured on A: the full J of A's tokens, summed by hand.
+    full, na = counts["a"]
+    both, _ = active_pairs(full.code_in, full.jac_out, model.n_latents)
+    for o in result["outputs"]:
+        into = both & (full.jac_out.indices == o["latent"])[:, :, None]  # [B, k_out, k_in]
+        inputs, J = full.code_in.indices[:, None, :].expand_as(into)[into], full.J[into].double()
+        for c in o["computed_by"]:
+            mine = inputs == c["input"]
+            assert c["tokens"] == int(mine.sum()) > 0
+            assert c["strength"] == pytest.approx(float(J[mine].abs().sum()) / na, rel=1e-4)
+            assert c["mean_J"] == pytest.approx(float(J[mine].mean()), rel=1e-4, abs=1e-7)
+        strengths = {int(i): float(J[inputs == i].abs().sum()) / na for i in inputs.unique()}
+        best = sorted(strengths.values(), reverse=True)[: len(o["computed_by"])]
+        assert [c["strength"] for c in o["computed_by"]] == pytest.approx(best, rel=1e-4)
 
 
 def test_contrast_with_a_jacobian_store_uses_its_connections(jac, labelled):
