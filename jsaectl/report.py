@@ -38,6 +38,7 @@ from jsaectl.jsae import active_pairs
 from jsaectl.maxact import Example, examples
 from jsaectl.progress import SILENT, Reporter
 from jsaectl.topk import TopExamples, slots
+from jsaectl.train import lam_schedule
 from jsaectl.trained import LoadedJSAE
 
 ASSETS = ("report.css", "report.js")
@@ -282,7 +283,7 @@ def _lam_start(meta: dict[str, Any], xs: np.ndarray, ys: np.ndarray) -> tuple[np
     lam = meta.get("lam")
     if warm <= 0 or lam is None or xs[0] <= 1:
         return xs, ys, ""
-    if not np.isclose(ys[0], lam * min(1.0, (xs[0] - 1) / warm)):  # a history that does not follow the schedule
+    if not np.isclose(ys[0], lam_schedule(lam, warm, xs[0] - 1)):  # a history that does not follow the schedule
         return xs, ys, ""
     if xs[0] - 1 <= warm:
         return np.r_[1.0, xs], np.r_[0.0, ys], ""

@@ -69,8 +69,12 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def lam_at(cfg: TrainConfig, step: int) -> float:
-    warm = cfg.lam_warmup * cfg.n_steps
-    return cfg.lam * (min(1.0, step / warm) if warm > 0 else 1.0)
+    return lam_schedule(cfg.lam, cfg.lam_warmup * cfg.n_steps, step)
+
+
+def lam_schedule(lam: float, warm_steps: float, step: float) -> float:
+    """λ after ``step`` steps: ramped linearly from 0 over the first ``warm_steps``."""
+    return lam * (min(1.0, step / warm_steps) if warm_steps > 0 else 1.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,36 +10,33 @@ from rich.text import Text
 
 from jsaectl.cli._common import RichReporter, out_console
 from jsaectl.cli._generate import from_config
+from jsaectl.cli.tables import latent, table
 from jsaectl.configs import ContrastConfig
 from jsaectl.options import Outputs
 
 
 def latents_table(items: list, side: str, result) -> Table:
     a, b = result.a["described"], result.b["described"]
-    table = Table(title=f"{'input' if side == 'in' else 'output'} latents that fire on A ({a}) far more than on B ({b}): "
-                        "rate = share of tokens where active, mean = mean activation where active",
-                  title_justify="left")
-    for name, justify in (("#", "right"), ("latent", "left"), ("rate A", "right"), ("rate B", "right"), ("mean A", "right"),
-                          ("mean B", "right"), ("active on A / B", "right"), ("log OR", "right"), ("95% low", "right")):
-        table.add_column(name, justify=justify, overflow="fold")
+    out = table(f"{'input' if side == 'in' else 'output'} latents that fire on A ({a}) far more than on B ({b}): "
+                "rate = share of tokens where active, mean = mean activation where active",
+                (("#", "right"), ("latent", "left"), ("rate A", "right"), ("rate B", "right"), ("mean A", "right"),
+                 ("mean B", "right"), ("active on A / B", "right"), ("log OR", "right"), ("95% low", "right")))
     for rank, x in enumerate(items, 1):
-        table.add_row(str(rank), Text.assemble((str(x.latent), "bold"), " ", x.label), f"{x.rate_a:.2%}", f"{x.rate_b:.2%}",
-                      f"{x.mean_a:.3g}", f"{x.mean_b:.3g}", f"{x.count_a:,} / {x.count_b:,}", f"{x.log_odds:+.2f}", f"{x.lower:+.2f}")
-    return table
+        out.add_row(str(rank), latent(x.latent, x.label), f"{x.rate_a:.2%}", f"{x.rate_b:.2%}", f"{x.mean_a:.3g}",
+                    f"{x.mean_b:.3g}", f"{x.count_a:,} / {x.count_b:,}", f"{x.log_odds:+.2f}", f"{x.lower:+.2f}")
+    return out
 
 
 def computed_by_table(result) -> Table:
-    table = Table(title=f"what computes each of them (from {result.computed_by}; strength = Σ|J| / tokens)", title_justify="left")
-    for name, justify in (("output latent", "left"), ("", "center"), ("input latent", "left"), ("strength", "right"),
-                          ("mean J", "right"), ("tokens", "right")):
-        table.add_column(name, justify=justify, overflow="fold")
+    out = table(f"what computes each of them (from {result.computed_by}; strength = Σ|J| / tokens)",
+                (("output latent", "left"), ("", "center"), ("input latent", "left"), ("strength", "right"),
+                 ("mean J", "right"), ("tokens", "right")))
     for o in result.outputs:
         for i, c in enumerate(o.computed_by):
-            head = Text.assemble((str(o.latent), "bold"), " ", o.label) if i == 0 else Text("")
-            table.add_row(head, "←", Text.assemble((str(c["input"]), "bold"), " ", c["label"]), f"{c['strength']:.3g}",
-                          f"{c['mean_J']:+.3g}", f"{c['tokens']:,}")
-        table.add_section()
-    return table
+            out.add_row(latent(o.latent, o.label) if i == 0 else Text(""), "←", latent(c["input"], c["label"]),
+                        f"{c['strength']:.3g}", f"{c['mean_J']:+.3g}", f"{c['tokens']:,}")
+        out.add_section()
+    return out
 
 
 @from_config(ContrastConfig)

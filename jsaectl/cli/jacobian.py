@@ -26,7 +26,7 @@ def render(result) -> None:
                   f"{lin['agree_within']}) for {lin['ablation_agree']:.1%} of {lin['ablation_checks']:,} checks "
                   f"({lin['ablation_agree_topk_kept']:.1%} of the {lin['ablation_topk_kept']:.0%} where TopK kept its latents)")
     err.print(histogram(result))
-    err.print(connections_table(result.top, connections_title(len(result.top), (), ())))
+    err.print(connections_table(result.top, connections_title(len(result.top))))
 
 
 @from_config(JacobianConfig)

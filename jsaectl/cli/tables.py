@@ -1,10 +1,24 @@
 """The tables and charts of the Jacobian analysis, rendered in one place: the sparsity summary
-and the |J| histogram (jacobian), and the connections table (jacobian, connections)."""
+and the |J| histogram (jacobian), and the connections table (jacobian, connections); and the
+two pieces every table of latents is made of (:func:`table`, :func:`latent`)."""
 
 from __future__ import annotations
 
 from rich.table import Table
 from rich.text import Text
+
+
+def table(title: str, columns: tuple[tuple[str, str], ...]) -> Table:
+    """A table of ``(name, justify)`` columns whose long cells fold rather than cut."""
+    out = Table(title=title, title_justify="left")
+    for name, justify in columns:
+        out.add_column(name, justify=justify, overflow="fold")
+    return out
+
+
+def latent(latent_id: int, label: str) -> Text:
+    """A latent as tables show it: its id in bold, then its label (token text, never markup)."""
+    return Text.assemble((str(latent_id), "bold"), " ", label)
 
 
 def sparsity_table(result) -> Table:
@@ -28,18 +42,15 @@ def sparsity_table(result) -> Table:
 
 def connections_table(connections, title: str) -> Table:
     """The connections as a table; labels are token text, shown as they are (never as markup)."""
-    table = Table(title=title, title_justify="left")
-    for name, justify in (("#", "right"), ("input latent", "left"), ("", "center"), ("output latent", "left"),
-                          ("strength", "right"), ("mean |J|", "right"), ("mean J", "right"), ("tokens", "right")):
-        table.add_column(name, justify=justify, overflow="fold")
+    out = table(title, (("#", "right"), ("input latent", "left"), ("", "center"), ("output latent", "left"),
+                        ("strength", "right"), ("mean |J|", "right"), ("mean J", "right"), ("tokens", "right")))
     for rank, c in enumerate(connections, 1):
-        table.add_row(str(rank), Text.assemble((str(c.input), "bold"), " ", c.input_label), "→",
-                      Text.assemble((str(c.output), "bold"), " ", c.output_label),
-                      f"{c.strength:.3g}", f"{c.mean_abs:.3g}", f"{c.mean:+.3g}", f"{c.count:,}")
-    return table
+        out.add_row(str(rank), latent(c.input, c.input_label), "→", latent(c.output, c.output_label),
+                    f"{c.strength:.3g}", f"{c.mean_abs:.3g}", f"{c.mean:+.3g}", f"{c.count:,}")
+    return out
 
 
-def connections_title(n: int, inputs, outputs) -> str:
+def connections_title(n: int, inputs=(), outputs=()) -> str:
     which = "".join(f", {side} latent{'s' * (len(ids) > 1)} {', '.join(map(str, ids))} only"
                     for side, ids in (("input", inputs), ("output", outputs)) if ids)
     return f"top {n} connections{which}: input latent → output latent (strength = Σ|J| / tokens)"

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from jsaectl.cli._common import RichReporter, err, out_console
 from jsaectl.cli._generate import from_config
+from jsaectl.cli.tables import latent, table
 from jsaectl.configs import TraceConfig
 from jsaectl.errors import ConfigError
 from jsaectl.options import Outputs
@@ -37,28 +38,24 @@ def _latents(items: list) -> Text:
 
 
 def tokens_table(result) -> Table:
-    table = Table(title=f"{result.n_tokens} tokens: active latents and strongest J entries (labels {result.labels})",
-                  title_justify="left", expand=False)
-    for name, justify in (("#", "right"), ("token", "left"), ("input latents", "left"), ("output latents", "left"),
-                          ("strongest J (in → out)", "left")):
-        table.add_column(name, justify=justify, overflow="fold")
+    out = table(f"{result.n_tokens} tokens: active latents and strongest J entries (labels {result.labels})",
+                (("#", "right"), ("token", "left"), ("input latents", "left"), ("output latents", "left"),
+                 ("strongest J (in → out)", "left")))
     for t in result.tokens:
         entries = Text("\n".join(f"{e.input} → {e.output} {e.J:+.3g}" for e in t.entries))
-        table.add_row(str(t.position), Text(repr(t.token)), _latents(t.inputs), _latents(t.outputs), entries)
-    return table
+        out.add_row(str(t.position), Text(repr(t.token)), _latents(t.inputs), _latents(t.outputs), entries)
+    return out
 
 
 def links_table(result) -> Table:
-    table = Table(title="connections over the whole text, strongest Σ|J| first", title_justify="left")
-    for name, justify in (("#", "right"), ("input latent", "left"), ("", "center"), ("output latent", "left"),
-                          ("Σ|J|", "right"), ("mean J", "right"), ("tokens", "right"), ("where it acts most", "left")):
-        table.add_column(name, justify=justify, overflow="fold")
+    out = table("connections over the whole text, strongest Σ|J| first",
+                (("#", "right"), ("input latent", "left"), ("", "center"), ("output latent", "left"),
+                 ("Σ|J|", "right"), ("mean J", "right"), ("tokens", "right"), ("where it acts most", "left")))
     for rank, c in enumerate(result.connections, 1):
         where = ", ".join(f"{w['token']!r} {w['J']:+.2g}" for w in c.tokens[:4])
-        table.add_row(str(rank), Text.assemble((str(c.input), "bold"), " ", c.input_label), "→",
-                      Text.assemble((str(c.output), "bold"), " ", c.output_label),
-                      f"{c.sum_abs:.3g}", f"{c.mean:+.3g}", f"{c.count:,}", Text(where))
-    return table
+        out.add_row(str(rank), latent(c.input, c.input_label), "→", latent(c.output, c.output_label),
+                    f"{c.sum_abs:.3g}", f"{c.mean:+.3g}", f"{c.count:,}", Text(where))
+    return out
 
 
 @from_config(TraceConfig, build_with=_text_on_stdin)
