@@ -69,6 +69,20 @@ def kill_at_first_checkpoint(args: list[str], out: Path, env: dict[str, str] | N
     proc.wait()
 
 
+def private_stores(root: Path, acts_store: str, jsae_store: str) -> tuple[str, str]:
+    """Copies of the session's activations and jsae stores under ``root``, the JSAE's copy
+    pointing to the activations' copy: stores a test may damage or follow."""
+    import shutil
+
+    import zarr
+
+    acts = str(shutil.copytree(acts_store, root / "acts.zarr"))
+    jsae = str(shutil.copytree(jsae_store, root / "jsae.zarr"))
+    g = zarr.open_group(jsae, mode="r+")
+    g.attrs["jsaectl"] = {**g.attrs["jsaectl"], "acts_store": acts}
+    return acts, jsae
+
+
 def pipeline(*stages: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``jsaectl STAGE | jsaectl STAGE | ...`` through a real shell pipe."""
     cmd = " | ".join(f"{sys.executable} -m jsaectl {stage}" for stage in stages)

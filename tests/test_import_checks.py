@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from jsaectl import store as st
-from conftest import digest
+from conftest import digest, private_stores
 from jsaectl.cli import app
 
 runner = CliRunner()
@@ -47,8 +47,7 @@ def refused(args: list[str], code: int, reads: tuple[str, ...]) -> str:
 def stores(acts_store, jsae_store, tmp_path_factory) -> dict[str, str]:
     """Private copies of the session's stores, and a valid pair exported from the JSAE."""
     root = tmp_path_factory.mktemp("import_checks")
-    acts = str(shutil.copytree(acts_store, root / "acts.zarr"))
-    jsae = str(shutil.copytree(jsae_store, root / "jsae.zarr"))
+    acts, jsae = private_stores(root, acts_store, jsae_store)
     result = runner.invoke(app, ["export", jsae, "--format", "jsae-pair", "--out", str(root / "pair")])
     assert result.exit_code == 0, result.output
     return {"acts": acts, "jsae": jsae, "pair": str(root / "pair")}

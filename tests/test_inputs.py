@@ -19,7 +19,7 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from conftest import digest
+from conftest import digest, private_stores
 from jsaectl.cli import app
 from jsaectl.jacobian import JacobianConfig, jacobian
 
@@ -45,10 +45,7 @@ def refused(args: list[str], code: int, reads: tuple[str, ...] = (), creates: tu
 @pytest.fixture(scope="module")
 def stores(acts_store, jsae_store, tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("inputs")
-    acts = str(shutil.copytree(acts_store, root / "acts.zarr"))
-    jsae = str(shutil.copytree(jsae_store, root / "jsae.zarr"))
-    g = zarr.open_group(jsae, mode="r+")
-    g.attrs["jsaectl"] = {**g.attrs["jsaectl"], "acts_store": acts}
+    acts, jsae = private_stores(root, acts_store, jsae_store)
     jac = jacobian(JacobianConfig(jsae=jsae, tokens=2000, out=str(root / "jac.zarr"))).store
     return {"acts": acts, "jsae": jsae, "jac": jac, "root": str(root)}
 
